@@ -1,0 +1,302 @@
+"""params.yaml loaded into typed, validated dataclasses.
+
+params.yaml is the single source of truth. An unknown key, a missing key or a value of the
+wrong type is a :class:`ParamsError` naming the key, never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mrnet import TASKS
+from mrnet.errors import ParamsError
+
+BACKBONES = ("alexnet", "resnet18", "resnet50", "vgg16_bn", "densenet121", "densenet169")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset the pipeline reads, and how model selection data is chosen."""
+
+    root: str = "data/synthetic/MRNet-v1.0"
+    # > 0: hold out this stratified fraction of train for early stopping, checkpoint choice and
+    # the ensemble fit, so the valid split stays untouched by every choice.
+    tune_fraction: float = 0.0
+    split_seed: int = 0
+
+    def check(self, key: str) -> None:
+        if not 0.0 <= self.tune_fraction < 1.0:
+            raise ParamsError(f"{key}.tune_fraction must be in [0, 1), got {self.tune_fraction}")
+
+
+@dataclass(frozen=True)
+class SynthesizeConfig:
+    """Size and seed of the synthetic knee-phantom dataset."""
+
+    out: str = "data/synthetic"
+    seed: int = 0
+    n_train: int = 160
+    n_valid: int = 80
+    image_size: int = 64
+    slices_min: int = 10
+    slices_max: int = 20
+
+    def check(self, key: str) -> None:
+        if self.n_train < 4 or self.n_valid < 4:
+            raise ParamsError(f"{key}.n_train and {key}.n_valid must be at least 4")
+        if self.n_train + self.n_valid > 10000:
+            raise ParamsError(f"{key}: at most 10000 cases fit 4-digit case ids")
+        if self.image_size < 32:
+            raise ParamsError(f"{key}.image_size must be at least 32, got {self.image_size}")
+        if not 1 <= self.slices_min <= self.slices_max:
+            raise ParamsError(f"{key}: need 1 <= slices_min <= slices_max, "
+                              f"got {self.slices_min}, {self.slices_max}")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """The training-resolution cache of each split and plane."""
+
+    out: str = "data/prepared"
+    image_size: int = 64
+
+    def check(self, key: str) -> None:
+        if self.image_size < 32:
+            raise ParamsError(f"{key}.image_size must be at least 32, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The per-plane MRNet CNN."""
+
+    backbone: str = "alexnet"
+    pretrained: bool = False
+    slice_pool: str = "max"
+
+    def check(self, key: str) -> None:
+        if self.backbone not in BACKBONES:
+            raise ParamsError(f"{key}.backbone must be one of {', '.join(BACKBONES)}, "
+                              f"got {self.backbone!r}")
+        if self.slice_pool not in ("max", "mean"):
+            raise ParamsError(f"{key}.slice_pool must be 'max' or 'mean', got {self.slice_pool!r}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random affine drawn once per exam. Translation is in pixels at 256 px."""
+
+    rotation: float = 25.0
+    translation: float = 25.0
+    flip: float = 0.5
+
+    def check(self, key: str) -> None:
+        if self.rotation < 0 or self.translation < 0:
+            raise ParamsError(f"{key}.rotation and {key}.translation must be >= 0")
+        if not 0.0 <= self.flip <= 1.0:
+            raise ParamsError(f"{key}.flip is a probability, got {self.flip}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Shared training settings; a task's section in ``task:`` may override any of them."""
+
+    out: str = "models"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    epochs: int = 50
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    patience: int = 10
+    lr_factor: float = 0.3
+    lr_patience: int = 5
+    exams_per_batch: int = 1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def check(self, key: str) -> None:
+        if self.device not in DEVICES:
+            raise ParamsError(f"{key}.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ParamsError(f"{key}.precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r}")
+        for name in ("epochs", "patience", "exams_per_batch"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"{key}.{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ParamsError(f"{key}.lr must be > 0 and {key}.weight_decay >= 0")
+        if not 0.0 < self.lr_factor < 1.0:
+            raise ParamsError(f"{key}.lr_factor must be in (0, 1), got {self.lr_factor}")
+        self.augment.check(f"{key}.augment")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Per-exam probabilities of each CNN."""
+
+    out: str = "data/probs"
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Logistic regression over the three planes' probabilities of a task."""
+
+    out: str = "models"
+    C: float = 1.0
+
+    def check(self, key: str) -> None:
+        if self.C <= 0:
+            raise ParamsError(f"{key}.C must be > 0, got {self.C}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Valid-split metrics with bootstrap confidence intervals."""
+
+    bootstrap: int = 1000
+    ci: float = 0.95
+    seed: int = 0
+
+    def check(self, key: str) -> None:
+        if self.bootstrap < 10:
+            raise ParamsError(f"{key}.bootstrap must be at least 10, got {self.bootstrap}")
+        if not 0.0 < self.ci < 1.0:
+            raise ParamsError(f"{key}.ci must be in (0, 1), got {self.ci}")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything in params.yaml."""
+
+    data: DataConfig
+    synthesize: SynthesizeConfig
+    prepare: PrepareConfig
+    model: ModelConfig
+    train: TrainConfig
+    task: Mapping[str, Mapping[str, Any]]
+    extract: ExtractConfig
+    ensemble: EnsembleConfig
+    evaluate: EvaluateConfig
+
+    def train_for(self, task: str) -> TrainConfig:
+        """The training settings of ``task``: shared keys with the task's overrides applied."""
+        if task not in TASKS:
+            raise ParamsError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        overrides = dict(self.task.get(task) or {})
+        merged = _merge(dataclasses.asdict(self.train), overrides)
+        cfg = _build(TrainConfig, merged, f"task.{task}")
+        cfg.check(f"task.{task}")
+        return cfg
+
+
+def _merge(base: dict, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"params key {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"params key {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"params key {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"params key {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported field type {tp!r} for {key}")
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown and ill-typed keys."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"params key {key} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ParamsError(f"unknown params key {key}.{unknown[0]} "
+                          f"(known keys of {key}: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, raw[f.name], f"{key}.{f.name}")
+        else:
+            kwargs[f.name] = _check_type(raw[f.name], tp, f"{key}.{f.name}")
+    return cls(**kwargs)
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "synthesize": SynthesizeConfig,
+    "prepare": PrepareConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "extract": ExtractConfig,
+    "ensemble": EnsembleConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+def params_from_dict(raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping (as read from params.yaml) into :class:`Params`."""
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{source}: expected a mapping at the top level")
+    known = set(SECTIONS) | {"task"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ParamsError(f"{source}: unknown params section {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(known))})")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        cfg = _build(cls, raw.get(name), name)
+        check = getattr(cfg, "check", None)
+        if check is not None:
+            check(name)
+        sections[name] = cfg
+    tasks = raw.get("task") or {}
+    if not isinstance(tasks, Mapping):
+        raise ParamsError(f"{source}: params key task must be a mapping of task -> overrides")
+    for t in tasks:
+        if t not in TASKS:
+            raise ParamsError(f"unknown params key task.{t} (tasks: {', '.join(TASKS)})")
+    params = Params(task={t: dict(tasks.get(t) or {}) for t in TASKS}, **sections)
+    for t in TASKS:
+        params.train_for(t)  # overrides are validated up front, not when a stage reaches them
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    return params_from_dict(raw or {}, str(path))

@@ -1,0 +1,186 @@
+"""Reader for datasets in the MRNet-v1.0 layout.
+
+```
+ROOT/{train,valid}/{axial,coronal,sagittal}/NNNN.npy    uint8 (slices, H, W)
+ROOT/{train,valid}-{abnormal,acl,meniscus}.csv          no header: case id, 0/1 label
+```
+Case ids are strings ("0000"); labels are joined to files by case id, never by position.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterable, NamedTuple, Sequence
+
+import numpy as np
+
+from mrnet import PLANES, SPLITS, TASKS
+from mrnet.errors import DatasetError
+
+
+class Exam(NamedTuple):
+    """One knee exam: its id, split, one series path per plane and one label per task."""
+
+    case_id: str
+    split: str
+    paths: dict[str, Path]
+    labels: dict[str, int]
+
+
+def label_csv(root: str | Path, split: str, task: str) -> Path:
+    """Path of the label CSV of ``split`` and ``task``."""
+    return Path(root) / f"{split}-{task}.csv"
+
+
+def series_path(root: str | Path, split: str, plane: str, case_id: str) -> Path:
+    """Path of the ``.npy`` series of one exam in one plane."""
+    return Path(root) / split / plane / f"{case_id}.npy"
+
+
+def _check_name(value: str, allowed: Sequence[str], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+
+
+def read_labels(path: str | Path) -> dict[str, int]:
+    """Read a header-less ``case_id,label`` CSV into {case_id: label}, in file order.
+
+    Raises:
+        DatasetError: the file is missing, has a header row, a malformed row, a label other
+            than 0/1, or a duplicated case id. The message names the file and the row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: label CSV not found")
+    labels: dict[str, int] = {}
+    # utf-8-sig: a CSV saved from Excel starts with a byte-order mark that would otherwise
+    # glue onto the first case id and read as a header row.
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != 2:
+                raise DatasetError(f"{path}:{lineno}: expected 2 columns (case id, label), "
+                                   f"got {len(row)}: {','.join(row)!r}")
+            case_id, label = row[0].strip(), row[1].strip()
+            if not case_id.isdigit():
+                what = "a header row" if lineno == 1 else "a case id that is not a number"
+                raise DatasetError(f"{path}:{lineno}: {what} ({','.join(row)!r}); "
+                                   "MRNet label CSVs have no header and numeric case ids")
+            if label not in ("0", "1"):
+                raise DatasetError(f"{path}:{lineno}: case {case_id} has label {label!r}; "
+                                   "labels must be 0 or 1")
+            if case_id in labels:
+                raise DatasetError(f"{path}:{lineno}: case {case_id} is listed twice")
+            labels[case_id] = int(label)
+    if not labels:
+        raise DatasetError(f"{path}: label CSV is empty")
+    return labels
+
+
+def list_exams(root: str | Path, split: str, tasks: Iterable[str] = TASKS,
+               planes: Iterable[str] = PLANES) -> list[Exam]:
+    """The exams of ``split`` with their series paths and labels, sorted by case id.
+
+    Labels of every task are joined by case id; every task's CSV must list the same cases.
+    Series paths are built from the case id; whether the files exist is checked by
+    :func:`mrnet.validate.validate_dataset`, not here.
+    """
+    _check_name(split, SPLITS, "split")
+    tasks, planes = list(tasks), list(planes)
+    for t in tasks:
+        _check_name(t, TASKS, "task")
+    for p in planes:
+        _check_name(p, PLANES, "plane")
+    per_task = {t: read_labels(label_csv(root, split, t)) for t in tasks}
+    ids = sorted(next(iter(per_task.values()))) if per_task else []
+    for t, labels in per_task.items():
+        missing = sorted(set(ids) - set(labels))
+        extra = sorted(set(labels) - set(ids))
+        if missing or extra:
+            case = (missing or extra)[0]
+            other = tasks[0]
+            raise DatasetError(f"{label_csv(root, split, t)}: case {case} is "
+                               f"{'missing' if missing else 'listed'} here but "
+                               f"{'listed' if missing else 'missing'} in "
+                               f"{label_csv(root, split, other).name}")
+    return [
+        Exam(case_id=cid, split=split,
+             paths={p: series_path(root, split, p, cid) for p in planes},
+             labels={t: per_task[t][cid] for t in tasks})
+        for cid in ids
+    ]
+
+
+def read_series_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file from its header, without reading the data.
+
+    Raises:
+        DatasetError: the file is missing or is not a readable ``.npy``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: series file not found")
+    try:
+        with path.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            # Only the public readers: numpy 2 moved the private _read_array_header away.
+            # Format 3.0 differs from 2.0 only in the header's text encoding.
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise DatasetError(f"{path}: not a readable .npy file ({exc})") from None
+    return tuple(shape), np.dtype(dtype)
+
+
+def check_series(path: str | Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Raise :class:`DatasetError` unless a series is a 3-D uint8 array with >= 1 slice."""
+    if dtype != np.uint8:
+        raise DatasetError(f"{path}: dtype is {dtype}, expected uint8")
+    if len(shape) != 3:
+        raise DatasetError(f"{path}: shape is {shape}, expected 3-D (slices, height, width)")
+    if shape[0] < 1 or shape[1] < 1 or shape[2] < 1:
+        raise DatasetError(f"{path}: shape is {shape}, expected at least 1 slice of >= 1 px")
+
+
+def load_series(path: str | Path, mmap: bool = False) -> np.ndarray:
+    """Load one series as a uint8 (slices, H, W) array, checking it against the contract."""
+    path = Path(path)
+    shape, dtype = read_series_header(path)
+    check_series(path, shape, dtype)
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetError(f"{path}: not a readable .npy file ({exc})") from None
+    return arr
+
+
+def tune_split(case_ids: Sequence[str], labels: Sequence[int], fraction: float,
+               seed: int) -> set[str]:
+    """Case ids of a stratified, seeded hold-out of ``fraction`` of the given cases.
+
+    Each class contributes ``round(fraction * n_class)`` cases (at least one when the class
+    has two or more), so the tune split keeps the train prevalence.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    if len(case_ids) != len(labels):
+        raise ValueError("case_ids and labels must have the same length")
+    if fraction == 0.0:
+        return set()
+    rng = np.random.default_rng(seed)
+    chosen: set[str] = set()
+    ids = np.asarray(case_ids)
+    lab = np.asarray(labels)
+    for cls in (0, 1):
+        members = np.sort(ids[lab == cls])
+        if len(members) == 0:
+            continue
+        k = int(round(fraction * len(members)))
+        if len(members) >= 2:
+            k = min(max(k, 1), len(members) - 1)
+        chosen.update(rng.permutation(members)[:k].tolist())
+    return chosen

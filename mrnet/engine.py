@@ -1,0 +1,144 @@
+"""Packed exam batches, one training epoch and evaluation; no file I/O here."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mrnet.augment import augment
+from mrnet.config import AugmentConfig
+from mrnet.model import normalize, scale_volumes, standardize
+
+
+@dataclass
+class ExamSet:
+    """Exams whose slices live in one uint8 tensor (host or device), addressed by offsets."""
+
+    slices: torch.Tensor  # (total, H, W) uint8
+    offsets: torch.Tensor  # (N,) int64, CPU
+    counts: torch.Tensor  # (N,) int64, CPU
+    case_ids: list[str]
+    labels: torch.Tensor | None = None  # (N,) float32, CPU
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def subset(self, index: np.ndarray | list[int]) -> "ExamSet":
+        """The exams at ``index``, sharing the slice storage."""
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return ExamSet(self.slices, self.offsets[idx], self.counts[idx],
+                       [self.case_ids[i] for i in idx.tolist()],
+                       None if self.labels is None else self.labels[idx])
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed slices (sum of counts, H, W) of the exams at ``index`` and their counts."""
+        parts = [self.slices[o:o + c] for o, c in
+                 zip(self.offsets[index].tolist(), self.counts[index].tolist())]
+        counts = self.counts[index]
+        return torch.cat(parts) if len(parts) > 1 else parts[0], counts
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when asked for, else a no-op."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC, or NaN when only one class is present (never a made-up 0.5)."""
+    labels = np.asarray(labels)
+    if labels.min() == labels.max():
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def compute_pos_weight(labels: np.ndarray | torch.Tensor) -> float:
+    """neg/pos of the training labels: the positive-class weight of the BCE loss."""
+    labels = np.asarray(labels)
+    pos = float((labels == 1).sum())
+    neg = float((labels == 0).sum())
+    if pos == 0 or neg == 0:
+        raise ValueError(f"training labels need both classes, got {int(pos)} positive "
+                         f"and {int(neg)} negative")
+    return neg / pos
+
+
+def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    """Mean over exams of the BCE with the positive class weighted by ``pos_weight``."""
+    weight = torch.tensor(pos_weight, device=logits.device, dtype=logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
+
+
+def train_one_epoch(model: nn.Module, data: ExamSet, optimizer: torch.optim.Optimizer,
+                    pos_weight: float, exams_per_batch: int, aug: AugmentConfig,
+                    generator: torch.Generator, device: torch.device, bf16: bool = False,
+                    desc: str = "train") -> dict[str, float]:
+    """One pass over ``data`` in a seeded random order, augmenting each exam on the device.
+
+    Returns:
+        {"loss": mean of batch losses weighted by exams, "auc": AUC of the training logits}.
+    """
+    model.train()
+    order = torch.randperm(len(data), generator=generator)
+    total, n_seen = 0.0, 0
+    logits_all, labels_all = [], []
+    bar = tqdm(order.split(exams_per_batch), desc=desc, unit="batch", leave=False)
+    for index in bar:
+        x, counts = data.batch(index)
+        x = scale_volumes(x.to(device, non_blocking=True), counts.to(device))
+        x = standardize(augment(x, counts, aug.rotation, aug.translation, aug.flip, generator))
+        y = data.labels[index].to(device)
+        with autocast(device, bf16):
+            logits = model(x, counts.to(device))
+        loss = weighted_bce(logits.float(), y, pos_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(index)
+        n_seen += len(index)
+        logits_all.append(logits.detach().float().cpu())
+        labels_all.append(y.cpu())
+        bar.set_postfix(loss=f"{total / n_seen:.4f}")
+    labels = torch.cat(labels_all).numpy()
+    return {"loss": total / n_seen, "auc": safe_auc(labels, torch.cat(logits_all).numpy())}
+
+
+def iterate_batches(n: int, exams_per_batch: int) -> Iterator[torch.Tensor]:
+    """Consecutive index batches over ``n`` exams, in order (evaluation never shuffles)."""
+    return iter(torch.arange(n).split(max(1, exams_per_batch)))
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, data: ExamSet, device: torch.device,
+                   exams_per_batch: int = 8, bf16: bool = False,
+                   desc: str | None = None) -> np.ndarray:
+    """Logits (N,) of every exam of ``data``, in order, in eval mode, without augmentation."""
+    model.eval()
+    out = []
+    batches = iterate_batches(len(data), exams_per_batch)
+    if desc:
+        batches = tqdm(list(batches), desc=desc, unit="batch", leave=False)
+    for index in batches:
+        x, counts = data.batch(index)
+        x = normalize(x.to(device, non_blocking=True), counts.to(device))
+        with autocast(device, bf16):
+            out.append(model(x, counts.to(device)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate(model: nn.Module, data: ExamSet, pos_weight: float, device: torch.device,
+             exams_per_batch: int = 8, bf16: bool = False) -> dict[str, float]:
+    """Loss and AUC of ``model`` on labelled ``data``."""
+    logits = predict_logits(model, data, device, exams_per_batch, bf16)
+    labels = data.labels.numpy()
+    loss = weighted_bce(torch.from_numpy(logits), data.labels, pos_weight).item()
+    return {"loss": float(loss), "auc": safe_auc(labels, logits)}

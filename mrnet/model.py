@@ -1,0 +1,156 @@
+"""The MRNet CNN: per-slice backbone features, average pool, pool over slices, one logit.
+
+Only nn.Modules and their construction live here; no data code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from mrnet.errors import WeightsNotFoundError
+
+# Per-volume scaling to [0, 255] then the normalisation of the MRNet authors' code.
+PIXEL_MEAN = 58.09
+PIXEL_STD = 49.73
+
+_WEIGHTS = {
+    "alexnet": ("alexnet", "AlexNet_Weights"),
+    "resnet18": ("resnet18", "ResNet18_Weights"),
+    "resnet50": ("resnet50", "ResNet50_Weights"),
+    "vgg16_bn": ("vgg16_bn", "VGG16_BN_Weights"),
+    "densenet121": ("densenet121", "DenseNet121_Weights"),
+    "densenet169": ("densenet169", "DenseNet169_Weights"),
+}
+
+
+@dataclass(frozen=True)
+class MRNetConfig:
+    """What it takes to rebuild a model; stored inside every checkpoint."""
+
+    backbone: str = "alexnet"
+    slice_pool: str = "max"
+
+
+def weights_file(backbone: str) -> tuple[Path, str]:
+    """Where the ImageNet weights of ``backbone`` must be in the local torch cache, and their URL."""
+    _, enum_name = _WEIGHTS[backbone]
+    url = getattr(torchvision.models, enum_name).IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
+
+
+def load_pretrained(net: nn.Module, backbone: str) -> None:
+    """Load ImageNet weights from the local torch cache; never download.
+
+    Raises:
+        WeightsNotFoundError: the file is not in the cache; the message says where to put it.
+    """
+    path, url = weights_file(backbone)
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"model.pretrained is true but {path} does not exist: download {url} on a machine "
+            f"with internet and copy it there (or set model.pretrained: false)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+
+
+def make_backbone(name: str, pretrained: bool = False) -> tuple[nn.Module, int]:
+    """A torchvision feature extractor (no classifier) and its output channel count."""
+    if name not in _WEIGHTS:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(_WEIGHTS)}")
+    net = getattr(torchvision.models, _WEIGHTS[name][0])(weights=None)
+    if pretrained:
+        load_pretrained(net, name)
+    if name == "alexnet" or name == "vgg16_bn":
+        features = net.features
+    elif name.startswith("resnet"):
+        features = nn.Sequential(*list(net.children())[:-2])
+    else:  # densenet: its classifier applies a ReLU to the features first
+        features = nn.Sequential(net.features, nn.ReLU(inplace=False))
+    with torch.no_grad():
+        width = features(torch.zeros(1, 3, 64, 64)).shape[1]
+    return features, int(width)
+
+
+def segment_pool(x: torch.Tensor, counts: torch.Tensor, mode: str = "max") -> torch.Tensor:
+    """Reduce rows of ``x`` (S, C) per exam, exams given by consecutive ``counts`` (B,).
+
+    Returns:
+        (B, C): the max (or mean) over each exam's slices.
+    """
+    batch = counts.shape[0]
+    index = torch.repeat_interleave(torch.arange(batch, device=x.device), counts)
+    index = index.unsqueeze(1).expand_as(x)
+    out = x.new_zeros(batch, x.shape[1])
+    reduce = "amax" if mode == "max" else "mean"
+    return out.scatter_reduce(0, index, x, reduce=reduce, include_self=False)
+
+
+class MRNet(nn.Module):
+    """One MRNet CNN for one task and plane.
+
+    Slices of several exams may be packed into one batch: ``forward(x, counts)`` takes
+    the concatenated slices and the slice count of each exam and returns one logit per exam.
+    With one exam per batch it is exactly the paper's computation.
+    """
+
+    def __init__(self, config: MRNetConfig = MRNetConfig(), pretrained: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.features, self.width = make_backbone(config.backbone, pretrained)
+        self.classifier = nn.Linear(self.width, 1)
+
+    def slice_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature maps (S, C, h, w) of normalised slices (S, H, W) or (S, 3, H, W)."""
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B,) for slices ``x`` (S, H, W) of exams with slice ``counts`` (B,)."""
+        if counts is None:
+            counts = torch.tensor([x.shape[0]], device=x.device)
+        feats = self.slice_features(x).mean(dim=(2, 3))
+        pooled = segment_pool(feats.float(), counts, self.config.slice_pool)
+        return self.classifier(pooled.to(self.classifier.weight.dtype)).squeeze(1)
+
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
+        """Class activation maps (S, h, w) of one exam: feature maps weighted by the linear layer."""
+        maps = self.slice_features(x).float()
+        w = self.classifier.weight.float().view(1, -1, 1, 1)
+        return (maps * w).sum(1)
+
+
+def scale_volumes(volume: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Scale each exam's slices to [0, 255] by the exam's own min and max.
+
+    Args:
+        volume: (S, H, W) slices of the packed exams, any dtype.
+        counts: (B,) slices per exam.
+    Returns:
+        float32 (S, H, W); each exam's minimum maps to 0 (so zero-fill is background).
+    """
+    v = volume.float()
+    flat = v.flatten(1)
+    lo = segment_pool(-flat.amin(1, keepdim=True), counts, "max").neg()
+    hi = segment_pool(flat.amax(1, keepdim=True), counts, "max")
+    lo = torch.repeat_interleave(lo, counts, dim=0).view(-1, 1, 1)
+    hi = torch.repeat_interleave(hi, counts, dim=0).view(-1, 1, 1)
+    return (v - lo) / (hi - lo).clamp_min(1e-6) * 255.0
+
+
+def standardize(scaled: torch.Tensor) -> torch.Tensor:
+    """MRNet's normalisation of [0, 255]-scaled slices."""
+    return (scaled - PIXEL_MEAN) / PIXEL_STD
+
+
+def normalize(volume: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The full evaluation-time preprocessing: per-exam scaling, then normalisation."""
+    return standardize(scale_volumes(volume, counts))

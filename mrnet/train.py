@@ -1,0 +1,296 @@
+"""Training one MRNet CNN for one (task, plane): model selection, checkpoints, resume, tracking.
+
+The pure loop is :func:`fit`; :func:`train_model` does the I/O around it (prepared cache,
+labels, DVCLive, checkpoint and resume files).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mrnet import PLANES, TASKS
+from mrnet.config import DataConfig, Params, TrainConfig
+from mrnet.data import label_csv, read_labels, tune_split
+from mrnet.engine import (ExamSet, compute_pos_weight, evaluate, train_one_epoch)
+from mrnet.errors import DatasetError, UserError
+from mrnet.io import atomic_path
+from mrnet.model import MRNet, MRNetConfig
+from mrnet.prepare import load_prepared
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by the ``stop_after`` test hook once an epoch's resume state is on disk."""
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from params values and names (e.g. seed, task, plane)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but no CUDA device is available "
+                        "(set train.device: auto or cpu)")
+    return torch.device(name)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast for ``precision``; ``auto`` means bf16 on CUDA, float32 on CPU."""
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def better(auc: float, loss: float, best_auc: float, best_loss: float) -> bool:
+    """Higher AUC wins; equal AUC (or both undefined) → lower loss wins."""
+    a = -math.inf if math.isnan(auc) else auc
+    b = -math.inf if math.isnan(best_auc) else best_auc
+    return a > b or (a == b and loss < best_loss)
+
+
+@dataclass
+class FitState:
+    """Everything needed to continue training after the last finished epoch."""
+
+    epoch: int = 0  # epochs finished
+    best_epoch: int = 0
+    best_auc: float = float("nan")
+    best_loss: float = math.inf
+    bad_epochs: int = 0
+    best_model: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def fit(model: MRNet, train_set: ExamSet, val_set: ExamSet, cfg: TrainConfig,
+        device: torch.device, generator: torch.Generator,
+        optimizer: torch.optim.Optimizer, scheduler: Any, state: FitState,
+        on_epoch: Callable[[FitState], None] | None = None, desc: str = "") -> FitState:
+    """Train until ``cfg.epochs`` or early stopping; keep the best checkpoint by val AUC.
+
+    ``state``, ``optimizer``, ``scheduler`` and ``generator`` may come from a resume file;
+    the run then continues exactly where it stopped.
+    """
+    pw = compute_pos_weight(train_set.labels.numpy())
+    bf16 = use_bf16(cfg.precision, device)
+    while state.epoch < cfg.epochs and not state.stopped_early:
+        epoch = state.epoch + 1
+        tr = train_one_epoch(model, train_set, optimizer, pw, cfg.exams_per_batch, cfg.augment,
+                             generator, device, bf16, desc=f"{desc} epoch {epoch}")
+        va = evaluate(model, val_set, pw, device, max(cfg.exams_per_batch, 8), bf16)
+        scheduler.step(va["loss"])
+        lr = optimizer.param_groups[0]["lr"]
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_auc": tr["auc"],
+               "val_loss": va["loss"], "val_auc": va["auc"], "lr": lr}
+        state.history.append(row)
+        state.epoch = epoch
+        if better(va["auc"], va["loss"], state.best_auc, state.best_loss):
+            state.best_auc, state.best_loss, state.best_epoch = va["auc"], va["loss"], epoch
+            state.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state.bad_epochs = 0
+        else:
+            state.bad_epochs += 1
+            state.stopped_early = state.bad_epochs >= cfg.patience
+        log.info("%s epoch %d/%d  train loss %.4f auc %.4f  val loss %.4f auc %.4f  lr %.2g%s",
+                 desc, epoch, cfg.epochs, tr["loss"], tr["auc"], va["loss"], va["auc"], lr,
+                 "  (best)" if state.best_epoch == epoch else "")
+        if on_epoch is not None:
+            on_epoch(state)
+    if state.stopped_early:
+        log.info("%s early stop after epoch %d: no val AUC gain for %d epochs",
+                 desc, state.epoch, cfg.patience)
+    return state
+
+
+# ---------------------------------------------------------------- I/O around fit()
+
+def labels_for(root: str | Path, split: str, task: str, case_ids: list[str]) -> np.ndarray:
+    """Labels of ``task`` for ``case_ids``, joined by case id."""
+    path = label_csv(root, split, task)
+    labels = read_labels(path)
+    missing = [c for c in case_ids if c not in labels]
+    if missing:
+        raise DatasetError(f"{path}: no label for case {missing[0]} "
+                           f"({len(missing)} prepared exams unlabelled)")
+    return np.array([labels[c] for c in case_ids], dtype=np.float32)
+
+
+def load_exam_set(prepared: str | Path, root: str | Path, plane: str, split: str,
+                  task: str | None, device: torch.device) -> ExamSet:
+    """A prepared split × plane with its labels of ``task``, slices moved to ``device``."""
+    ps = load_prepared(prepared, plane, split)
+    slices = torch.from_numpy(np.array(ps.slices)).to(device)  # one read; epochs reuse it
+    labels = None if task is None else torch.from_numpy(labels_for(root, split, task, ps.case_ids))
+    return ExamSet(slices, torch.from_numpy(ps.offsets), torch.from_numpy(ps.counts),
+                   ps.case_ids, labels)
+
+
+def tune_case_ids(data: ExamSet, data_cfg: DataConfig, task: str) -> set[str]:
+    """The train exams held out for model selection of ``task`` (the same for every plane)."""
+    return tune_split(data.case_ids, data.labels.numpy().astype(int).tolist(),
+                      data_cfg.tune_fraction, derive_seed(data_cfg.split_seed, task))
+
+
+def selection_sets(train_all: ExamSet, valid: ExamSet, data_cfg: DataConfig,
+                   task: str) -> tuple[ExamSet, ExamSet, str]:
+    """(fit set, model-selection set, name of the selection split).
+
+    With ``data.tune_fraction`` 0 the valid split selects, as in the MRNet code; otherwise a
+    stratified, seeded part of train (the same for every plane of ``task``) does.
+    """
+    if data_cfg.tune_fraction <= 0:
+        return train_all, valid, "valid"
+    tune = tune_case_ids(train_all, data_cfg, task)
+    fit_idx = [i for i, c in enumerate(train_all.case_ids) if c not in tune]
+    tune_idx = [i for i, c in enumerate(train_all.case_ids) if c in tune]
+    return train_all.subset(fit_idx), train_all.subset(tune_idx), "tune"
+
+
+def fingerprint(*parts: Any) -> str:
+    """Hash of the inputs a resume file belongs to; a mismatch means start afresh."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """torch.save atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _log_live(live: Any, row: dict[str, float]) -> None:
+    for key in ("train_loss", "train_auc", "val_loss", "val_auc"):
+        split, metric = key.split("_")
+        live.log_metric(f"{split}/{metric}", row[key], plot=True)
+    live.log_metric("lr", row["lr"])
+    live.next_step()
+
+
+def train_model(params: Params, task: str, plane: str, *, stop_after: int | None = None,
+                live_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train the (task, plane) CNN from params; write its checkpoint; return its summary.
+
+    Resume: after every epoch the full training state goes to
+    ``{train.out}/.resume/{task}-{plane}.pt``; a rerun with the same inputs continues from it,
+    and the finished run deletes it.
+
+    Args:
+        stop_after: test hook, raise :class:`TrainingInterrupted` after this many epochs.
+        live_dir: DVCLive directory (default ``dvclive/{task}-{plane}``); None to skip tracking.
+    """
+    if task not in TASKS or plane not in PLANES:
+        raise ValueError(f"unknown task/plane {task}/{plane}")
+    cfg = params.train_for(task)
+    name = f"{task}-{plane}"
+    device = select_device(cfg.device)
+    root, prepared = params.data.root, params.prepare.out
+    train_all = load_exam_set(prepared, root, plane, "train", task, device)
+    valid = load_exam_set(prepared, root, plane, "valid", task, device)
+    fit_set, sel_set, selection = selection_sets(train_all, valid, params.data, task)
+    log.info("%s: %d fit exams (%d positive), %d %s exams for selection, device %s, config %s",
+             name, len(fit_set), int(fit_set.labels.sum()), len(sel_set), selection, device,
+             dataclasses.asdict(cfg))
+
+    seed = derive_seed(cfg.seed, task, plane)
+    torch.manual_seed(seed)  # model init only; every later draw uses `generator`
+    model_cfg = MRNetConfig(params.model.backbone, params.model.slice_pool)
+    model = MRNet(model_cfg, pretrained=params.model.pretrained).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+    state = FitState()
+
+    out_path = Path(cfg.out) / f"{name}.pt"
+    resume_path = Path(cfg.out) / ".resume" / f"{name}.pt"
+    fp = fingerprint(dataclasses.asdict(cfg), dataclasses.asdict(params.model),
+                     dataclasses.asdict(params.data), task, plane, fit_set.case_ids,
+                     sel_set.case_ids, fit_set.labels.tolist(), sel_set.labels.tolist(),
+                     [len(fit_set.slices), int(fit_set.slices.float().sum().item())])
+    if resume_path.is_file():
+        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") == fp:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"])
+            state = FitState(**saved["state"])
+            log.info("%s: resuming after epoch %d from %s", name, state.epoch, resume_path)
+        else:
+            log.info("%s: ignoring %s (made with other params or data)", name, resume_path)
+
+    live = None
+    if live_dir is not False:
+        from dvclive import Live  # tracking is optional for library users and tests
+
+        live = Live(dir=str(live_dir or Path("dvclive") / name), dvcyaml=False,
+                    save_dvc_exp=False, report=None)
+        for row in state.history:  # a resumed run replays the epochs it already has
+            _log_live(live, row)
+
+    def on_epoch(st: FitState) -> None:
+        if live is not None:
+            _log_live(live, st.history[-1])
+        save_torch({"fingerprint": fp, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(), "state": dataclasses.asdict(st)},
+                   resume_path)
+        if stop_after is not None and st.epoch >= stop_after:
+            raise TrainingInterrupted(f"stopped after epoch {st.epoch} (test hook)")
+
+    state = fit(model, fit_set, sel_set, cfg, device, generator, optimizer, scheduler, state,
+                on_epoch, desc=name)
+    summary = {"best_epoch": state.best_epoch, "val_auc": state.best_auc,
+               "val_loss": state.best_loss, "epochs_run": state.epoch,
+               "stopped_early": state.stopped_early, "selection": selection,
+               "pos_weight": compute_pos_weight(fit_set.labels.numpy())}
+    checkpoint = {
+        "model": state.best_model,
+        "config": {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
+                   "task": task, "plane": plane, "image_size": int(train_all.slices.shape[-1])},
+        "epoch": state.best_epoch, "val_auc": state.best_auc, "val_loss": state.best_loss,
+        "selection": selection, "history": state.history,
+    }
+    save_torch(checkpoint, out_path)
+    if live is not None:
+        live.summary = {"val_auc": state.best_auc, "val_loss": state.best_loss,
+                        "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+                        "selected_on_valid": int(selection == "valid")}
+        live.make_summary()
+        live.end()
+        # end() folds the latest step into the summary; keep the best-epoch figures.
+        live.summary = {"val_auc": state.best_auc, "val_loss": state.best_loss,
+                        "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+                        "selected_on_valid": int(selection == "valid")}
+        live.make_summary()
+    resume_path.unlink(missing_ok=True)
+    log.info("%s: best val AUC %.4f at epoch %d (%s split) -> %s", name, state.best_auc,
+             state.best_epoch, selection, out_path)
+    return summary
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[MRNet, dict]:
+    """Rebuild a trained model from its checkpoint (weights only, no pickled objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: model checkpoint not found; train it with `dvc repro`")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = MRNet(MRNetConfig(**ckpt["config"]["model"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
