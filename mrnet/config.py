@@ -69,8 +69,9 @@ class PrepareConfig:
     image_size: int = 64
 
     def check(self, key: str) -> None:
-        if self.image_size < 32:
-            raise ParamsError(f"{key}.image_size must be at least 32, got {self.image_size}")
+        # AlexNet's three stride-2 poolings need at least 64 px to leave a 1x1 feature map.
+        if self.image_size < 64:
+            raise ParamsError(f"{key}.image_size must be at least 64, got {self.image_size}")
 
 
 @dataclass(frozen=True)

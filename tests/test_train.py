@@ -1,0 +1,132 @@
+"""Training: loss weighting, packed-batch loss, determinism, resume, model selection."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrnet.engine import ExamSet, compute_pos_weight, weighted_bce
+from mrnet.prepare import prepare_plane
+from mrnet.train import TrainingInterrupted, better, derive_seed, load_checkpoint, train_model
+
+from helpers import tmp_params
+
+FAST = {"epochs": 3, "exams_per_batch": 2, "lr": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
+    prepare_plane(tiny_dataset, "sagittal", out, 64)
+    return out
+
+
+def _params(tmp_path: Path, root: Path, prepared: Path, **train):
+    p = tmp_params(tmp_path, root, train={**FAST, **train}, prepare={"image_size": 64})
+    return p.__class__(**{**p.__dict__, "prepare": p.prepare.__class__(str(prepared), 64)})
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_pos_weight_is_neg_over_pos() -> None:
+    assert compute_pos_weight(np.array([1, 0, 0, 0, 1, 0])) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="both classes"):
+        compute_pos_weight(np.array([1, 1]))
+
+
+def test_batch_loss_is_mean_of_per_exam_losses() -> None:
+    logits = torch.tensor([0.3, -1.2, 2.0, 0.0])
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    batch = weighted_bce(logits, labels, 3.0)
+    alone = [weighted_bce(logits[i:i + 1], labels[i:i + 1], 3.0) for i in range(4)]
+    assert batch.item() == pytest.approx(torch.stack(alone).mean().item(), rel=1e-6)
+    # the positive weight multiplies only the positive terms
+    pos = -math.log(1 / (1 + math.exp(-0.3)))
+    assert alone[0].item() == pytest.approx(3.0 * pos, rel=1e-5)
+
+
+def test_selection_prefers_auc_then_loss() -> None:
+    assert better(0.8, 1.0, 0.7, 0.1)
+    assert better(0.8, 0.2, 0.8, 0.3)
+    assert not better(0.8, 0.4, 0.8, 0.3)
+    assert better(float("nan"), 0.2, float("nan"), 0.3)
+
+
+def test_derived_seeds_differ_per_model() -> None:
+    assert derive_seed(0, "acl", "axial") == derive_seed(0, "acl", "axial")
+    assert derive_seed(0, "acl", "axial") != derive_seed(0, "acl", "sagittal")
+    assert derive_seed(0, "acl", "axial") != derive_seed(1, "acl", "axial")
+
+
+def test_training_is_deterministic(tiny_dataset: Path, prepared: Path, tmp_path: Path) -> None:
+    runs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        params = _params(tmp_path / name, tiny_dataset, prepared, seed=seed)
+        summary = train_model(params, "abnormal", "sagittal", live_dir=False)
+        assert summary["epochs_run"] == 3 and summary["selection"] == "valid"
+        runs.append(_state(tmp_path / name / "models" / "abnormal-sagittal.pt"))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_resume_gives_the_uninterrupted_checkpoint(tiny_dataset: Path, prepared: Path,
+                                                    tmp_path: Path) -> None:
+    full = _params(tmp_path / "full", tiny_dataset, prepared)
+    train_model(full, "abnormal", "sagittal", live_dir=False)
+
+    cut = _params(tmp_path / "cut", tiny_dataset, prepared)
+    with pytest.raises(TrainingInterrupted):
+        train_model(cut, "abnormal", "sagittal", stop_after=1, live_dir=False)
+    resume = tmp_path / "cut" / "models" / ".resume" / "abnormal-sagittal.pt"
+    assert resume.is_file()
+    assert not (tmp_path / "cut" / "models" / "abnormal-sagittal.pt").exists()
+    summary = train_model(cut, "abnormal", "sagittal", live_dir=False)
+    assert summary["epochs_run"] == 3
+    assert not resume.exists()
+    a = torch.load(tmp_path / "full" / "models" / "abnormal-sagittal.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "models" / "abnormal-sagittal.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] and a["history"] == b["history"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_ignores_state_from_other_params(tiny_dataset: Path, prepared: Path,
+                                                tmp_path: Path) -> None:
+    cut = _params(tmp_path, tiny_dataset, prepared)
+    with pytest.raises(TrainingInterrupted):
+        train_model(cut, "abnormal", "sagittal", stop_after=1, live_dir=False)
+    changed = _params(tmp_path, tiny_dataset, prepared, lr=3e-4)
+    summary = train_model(changed, "abnormal", "sagittal", live_dir=False)
+    hist = torch.load(tmp_path / "models" / "abnormal-sagittal.pt", weights_only=True)["history"]
+    assert summary["epochs_run"] == 3 and all(h["lr"] == pytest.approx(3e-4) for h in hist[:1])
+
+
+def test_early_stopping_stops(tiny_dataset: Path, prepared: Path, tmp_path: Path) -> None:
+    params = _params(tmp_path, tiny_dataset, prepared, epochs=30, patience=2, lr=1e-9)
+    summary = train_model(params, "abnormal", "sagittal", live_dir=False)
+    assert summary["stopped_early"]
+    assert summary["epochs_run"] == summary["best_epoch"] + 2 < 30
+
+
+def test_checkpoint_loads_weights_only(tiny_dataset: Path, prepared: Path, tmp_path: Path) -> None:
+    params = _params(tmp_path, tiny_dataset, prepared, epochs=1)
+    train_model(params, "acl", "sagittal", live_dir=tmp_path / "live")
+    model, ckpt = load_checkpoint(tmp_path / "models" / "acl-sagittal.pt")
+    assert ckpt["config"]["task"] == "acl" and ckpt["config"]["plane"] == "sagittal"
+    assert set(ckpt) >= {"model", "config", "epoch", "val_auc", "selection"}
+    assert not model.training
+    assert (tmp_path / "live" / "metrics.json").is_file()
+    assert (tmp_path / "live" / "plots" / "metrics" / "val" / "auc.tsv").is_file()
+
+
+def test_tune_fraction_selects_on_train_holdout(tiny_dataset: Path, prepared: Path,
+                                                tmp_path: Path) -> None:
+    p = _params(tmp_path, tiny_dataset, prepared, epochs=1)
+    p = p.__class__(**{**p.__dict__, "data": p.data.__class__(p.data.root, 0.34, 0)})
+    summary = train_model(p, "abnormal", "sagittal", live_dir=False)
+    assert summary["selection"] == "tune"
