@@ -38,7 +38,8 @@ def join_planes(tables: Mapping[str, ProbTable], names: Mapping[str, str] | None
     if len(planes) != len(tables):
         raise ValueError(f"unknown planes in {sorted(tables)}")
     names = names or {p: p for p in planes}
-    maps = {p: tables[p].by_id() for p in planes}
+    maps = {p: {(str(s), str(c)): (int(lab), float(pr)) for c, s, lab, pr in
+                zip(t.case_id, t.split, t.label, t.prob)} for p, t in tables.items()}
     keys = sorted(set().union(*maps.values()))
     for p in planes:
         missing = [k for k in keys if k not in maps[p]]

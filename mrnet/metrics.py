@@ -5,7 +5,7 @@ A probability table (``case_id,split,label,prob``, one row per exam and split) i
 extract and ensemble stages write. Tables of one task are joined by case id, never by row
 order, and must agree on which valid cases exist and on their labels.
 
-Everything here is pure apart from :func:`read_probs`; undefined values (an AUC with one
+Everything here is pure (tables are read by :mod:`mrnet.probs`); undefined values (an AUC with one
 class, a sensitivity without positives) are NaN in memory and ``null`` in metrics.json, never
 a made-up 0.5.
 """
@@ -24,140 +24,16 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from mrnet.errors import UserError
+from mrnet.probs import ProbTable
 
 log = logging.getLogger(__name__)
 
-HEADER: tuple[str, ...] = ("case_id", "split", "label", "prob")
-PROB_SPLITS: tuple[str, ...] = ("train", "tune", "valid")
 # metrics.json precision: enough to compare runs, short enough to read in `dvc metrics show`.
 DECIMALS = 4
 # Cap on the resample × case matrix of one bootstrap chunk, so 10k cases × 10k resamples
 # still fits in a few hundred MB.
 _BOOT_CHUNK_ELEMENTS = 1 << 22
 
-
-@dataclass(frozen=True)
-class ProbTable:
-    """Per-exam probabilities of one model: parallel arrays, one entry per (split, case).
-
-    Attributes:
-        source: where the table came from (a file path), named in error messages.
-        case_id: case ids as strings ("0000"), never numbers.
-        split: "train", "tune" or "valid" per row.
-        label: 0/1 ground truth per row.
-        prob: predicted probability of the positive class per row.
-    """
-
-    source: str
-    case_id: np.ndarray
-    split: np.ndarray
-    label: np.ndarray
-    prob: np.ndarray
-
-    @classmethod
-    def from_rows(cls, source: str, case_ids: Iterable[str], splits: Iterable[str],
-                  labels: Iterable[int], probs: Iterable[float]) -> "ProbTable":
-        """Build a table from parallel sequences (no checks; :func:`read_probs` checks files)."""
-        return cls(source=str(source),
-                   case_id=np.asarray(list(case_ids), dtype=object),
-                   split=np.asarray(list(splits), dtype=object),
-                   label=np.asarray(list(labels), dtype=np.int64),
-                   prob=np.asarray(list(probs), dtype=np.float64))
-
-    def __len__(self) -> int:
-        return len(self.case_id)
-
-    def has_split(self, split: str) -> bool:
-        """Whether any row belongs to ``split``."""
-        return bool(np.any(self.split == split))
-
-    def select(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows of ``split`` sorted by case id.
-
-        Returns:
-            (case_ids, labels, probs), each in case-id order, so that tables of one task line
-            up row for row.
-        """
-        rows = np.flatnonzero(self.split == split)
-        rows = rows[np.argsort(self.case_id[rows].astype(str), kind="stable")]
-        return self.case_id[rows], self.label[rows], self.prob[rows]
-
-
-def read_probs(path: str | Path) -> ProbTable:
-    """Read and check a probability table written by the extract or ensemble stage.
-
-    Args:
-        path: CSV with header ``case_id,split,label,prob``.
-
-    Returns:
-        The table, case ids kept as strings.
-
-    Raises:
-        UserError: naming the file (and the line) when the file is missing, the header differs,
-            a row is malformed, a split is unknown, a label is not 0/1, a probability is not a
-            finite number in [0, 1], a (split, case_id) repeats, a case is in two splits, or
-            there are no valid rows.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: probability table not found (run the extract and ensemble "
-                        f"stages first, or check extract.out in params.yaml)")
-    ids: list[str] = []
-    splits: list[str] = []
-    labels: list[int] = []
-    probs: list[float] = []
-    split_of: dict[str, tuple[str, int]] = {}
-    try:
-        # utf-8-sig: a BOM left by a spreadsheet tool must not break the header check.
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None or tuple(h.strip() for h in header) != HEADER:
-                raise UserError(f"{path}: line 1: expected header {','.join(HEADER)!r}, "
-                                f"got {','.join(header or [])!r}")
-            for row in reader:
-                line = reader.line_num
-                if not row or all(not cell.strip() for cell in row):
-                    continue  # a trailing blank line is harmless
-                where = f"{path}: line {line}"
-                if len(row) != len(HEADER):
-                    raise UserError(f"{where}: expected {len(HEADER)} fields "
-                                    f"({','.join(HEADER)}), got {len(row)}: {','.join(row)!r}")
-                case_id, split, label, prob = (cell.strip() for cell in row)
-                if not case_id:
-                    raise UserError(f"{where}: empty case_id")
-                if split not in PROB_SPLITS:
-                    raise UserError(f"{where}: case {case_id}: split must be one of "
-                                    f"{', '.join(PROB_SPLITS)}, got {split!r}")
-                if label not in ("0", "1"):
-                    raise UserError(f"{where}: case {case_id}: label must be 0 or 1, "
-                                    f"got {label!r}")
-                try:
-                    p = float(prob)
-                except ValueError:
-                    raise UserError(f"{where}: case {case_id}: prob is not a number: "
-                                    f"{prob!r}") from None
-                if not (math.isfinite(p) and 0.0 <= p <= 1.0):
-                    raise UserError(f"{where}: case {case_id}: prob must be a finite number "
-                                    f"in [0, 1], got {prob!r}")
-                if case_id in split_of:
-                    first_split, first_line = split_of[case_id]
-                    what = ("repeated" if first_split == split
-                            else f"also in split {first_split!r}")
-                    raise UserError(f"{where}: case {case_id} in split {split!r} is {what} "
-                                    f"(line {first_line}); each case has one row")
-                split_of[case_id] = (split, line)
-                ids.append(case_id)
-                splits.append(split)
-                labels.append(int(label))
-                probs.append(p)
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not a UTF-8 text CSV ({exc.reason})") from None
-    except csv.Error as exc:
-        raise UserError(f"{path}: malformed CSV ({exc})") from None
-    if "valid" not in splits:
-        raise UserError(f"{path}: no rows with split 'valid'; nothing to evaluate")
-    return ProbTable.from_rows(str(path), ids, splits, labels, probs)
 
 
 def auc(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray) -> float:
@@ -322,32 +198,33 @@ def joined_valid(tables: Mapping[str, ProbTable]) -> tuple[np.ndarray, np.ndarra
         (case_ids, labels) of the valid split, in case-id order.
 
     Raises:
-        UserError: naming the case and both tables on a missing/extra case or a label mismatch.
+        UserError: naming the table that lacks a case another table scores (and that other
+            table), or a case whose label differs between two tables.
     """
     if not tables:
         raise ValueError("no tables to join")
-    ref = next(iter(tables.values()))
-    ref_ids, ref_labels, _ = ref.select("valid")
-    ref_label_of = dict(zip(ref_ids.tolist(), ref_labels.tolist()))
+    # The first table that holds a case is the reference for its label, and the witness
+    # named when another table lacks it: the error blames the table with the hole.
+    label_of: dict[str, int] = {}
+    holder: dict[str, str] = {}
+    per_table = []
     for table in tables.values():
         ids, labels, _ = table.select("valid")
-        label_of = dict(zip(ids.tolist(), labels.tolist()))
-        missing = sorted(set(ref_label_of) - set(label_of))
+        per_table.append((table, set(ids.tolist())))
+        for case_id, label in zip(ids.tolist(), labels.tolist()):
+            if case_id not in label_of:
+                label_of[case_id], holder[case_id] = label, table.source
+            elif label != label_of[case_id]:
+                raise UserError(f"{table.source}: valid case {case_id} has label {label} but "
+                                f"{holder[case_id]} says {label_of[case_id]}")
+    for table, ids in per_table:
+        missing = sorted(set(label_of) - ids)
         if missing:
-            raise UserError(f"{table.source}: valid case {missing[0]} of {ref.source} is "
-                            f"missing ({len(missing)} missing in all); every model of a task "
-                            f"must score the same valid cases")
-        extra = sorted(set(label_of) - set(ref_label_of))
-        if extra:
-            raise UserError(f"{table.source}: valid case {extra[0]} is not in {ref.source} "
-                            f"({len(extra)} extra in all); every model of a task must score "
-                            f"the same valid cases")
-        for case_id in ids.tolist():
-            if label_of[case_id] != ref_label_of[case_id]:
-                raise UserError(f"{table.source}: valid case {case_id} has label "
-                                f"{label_of[case_id]} but {ref.source} says "
-                                f"{ref_label_of[case_id]}")
-    return ref_ids, ref_labels
+            raise UserError(f"{table.source}: valid case {missing[0]} (scored in "
+                            f"{holder[missing[0]]}) is missing ({len(missing)} missing in "
+                            f"all); every model of a task must score the same valid cases")
+    case_ids = np.asarray(sorted(label_of), dtype=object)
+    return case_ids, np.asarray([label_of[c] for c in case_ids], dtype=np.int64)
 
 
 def evaluate_model(table: ProbTable, n_boot: int, ci: float,

@@ -25,7 +25,8 @@ from mrnet import PLANES, TASKS
 from mrnet.config import load_params
 from mrnet.errors import cli
 from mrnet.io import write_json
-from mrnet.metrics import ProbTable, evaluate_all, read_probs
+from mrnet.metrics import evaluate_all
+from mrnet.probs import ProbTable, read_probs
 from mrnet.plots import Curve, plot_roc, roc_points, write_roc_csv
 
 log = logging.getLogger("stages.evaluate")

@@ -30,7 +30,7 @@ def _reset(out: Path, data_root: Path) -> None:
     if out == cwd or out in cwd.parents:
         raise ParamsError(f"synthesize.out ({out}) is the project folder or one above it; "
                           "point it at a folder of its own, e.g. data/synthetic")
-    if out in data_root.parents:
+    if out in data_root.parents and data_root != out / DATASET_NAME:
         raise ParamsError(f"synthesize.out ({out}) contains data.root ({data_root}), which is "
                           "not the synthetic dataset; clearing it would delete your data. "
                           f"Use data.root: <synthesize.out>/{DATASET_NAME} or move synthesize.out")

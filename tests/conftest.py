@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,15 @@ import pytest
 
 from mrnet.config import SynthesizeConfig
 from mrnet.synthetic import generate
+
+# DVC and git in tests: no analytics, an identity for commits, DVCLive in test mode for unit
+# tests (the end-to-end tests drop DVCLIVE_TEST for their `dvc` subprocesses).
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("DVCLIVE_TEST", "true")
+for _var, _value in (("GIT_AUTHOR_NAME", "mrnet tests"), ("GIT_COMMITTER_NAME", "mrnet tests"),
+                     ("GIT_AUTHOR_EMAIL", "tests@mrnet.invalid"),
+                     ("GIT_COMMITTER_EMAIL", "tests@mrnet.invalid")):
+    os.environ.setdefault(_var, _value)
 
 # Small enough to generate in well under a second, big enough to have both labels of most
 # tasks and slice counts that differ between exams and planes.

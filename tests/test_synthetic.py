@@ -228,7 +228,7 @@ def test_leak_check_catches_an_intensity_leak(leak_features: dict) -> None:
 # ----------------------------------------------------------------------------- the stage
 
 
-def _params(tmp_path: Path, data_root: str, **synth: int) -> None:
+def _params(tmp_path: Path, data_root: str, **synth: object) -> None:
     raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
     raw["data"]["root"] = data_root
     raw["synthesize"].update(synth)

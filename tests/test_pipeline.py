@@ -1,0 +1,145 @@
+"""End to end through the real `dvc` CLI in a temporary git repository, at tiny scale."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mrnet import PLANES, TASKS
+from mrnet.config import SynthesizeConfig
+from mrnet.synthetic import generate
+
+from helpers import PROJECT
+
+TINY_PARAMS = {
+    "synthesize": {"n_train": 16, "n_valid": 10, "image_size": 48, "slices_min": 3,
+                   "slices_max": 5},
+    "prepare": {"image_size": 64},
+    "train": {"epochs": 1, "exams_per_batch": 4},
+    "evaluate": {"bootstrap": 20},
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("DVCLIVE_TEST", None)  # stages run as they would for a user
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["TQDM_DISABLE"] = "1"
+    return env
+
+
+def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def set_params(repo: Path, updates: dict) -> None:
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    for section, values in updates.items():
+        raw[section].update(values)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def ran_stages(log: str) -> set[str]:
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh git + DVC repository holding the project, reproduced once at tiny scale."""
+    repo = tmp_path_factory.mktemp("repo")
+    for name in ("mrnet", "stages"):
+        shutil.copytree(PROJECT / name, repo / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(PROJECT / name, repo / name)
+    set_params(repo, TINY_PARAMS)
+    run(repo, "git", "init", "-q")
+    run(repo, "dvc", "init", "-q")
+    run(repo, "dvc", "config", "core.analytics", "false")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "init")
+    proc = run(repo, "dvc", "repro")
+    assert {"synthesize", "validate", "evaluate"} <= ran_stages(proc.stdout)
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "baseline")
+    return repo
+
+
+def test_repro_produces_models_metrics_and_plots(repo: Path) -> None:
+    dataset = json.loads((repo / "metrics" / "dataset.json").read_text())
+    assert dataset["train"]["exams"] == 16 and dataset["valid"]["exams"] == 10
+    for task in TASKS:
+        for plane in PLANES:
+            assert (repo / "models" / f"{task}-{plane}.pt").is_file()
+            assert (repo / "dvclive" / f"{task}-{plane}" / "metrics.json").is_file()
+    metrics = json.loads((repo / "metrics" / "metrics.json").read_text())
+    for task in TASKS:
+        for model in (*PLANES, "ensemble"):
+            auc = metrics[task][model]["auc"]
+            assert 0.0 <= auc <= 1.0, (task, model, auc)
+            assert (repo / "plots" / "roc" / task / f"{model}.csv").is_file()
+        png = repo / "plots" / f"roc-{task}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shown = run(repo, "dvc", "metrics", "show").stdout
+    assert "metrics/metrics.json" in shown and "metrics/dataset.json" in shown
+    assert "dvclive/acl-sagittal/metrics.json" in shown
+    html = repo / "report"
+    run(repo, "dvc", "plots", "show", "-o", str(html))
+    assert (html / "index.html").is_file()
+    assert run(repo, "dvc", "status").stdout.strip().startswith("Data and pipelines are up to date")
+
+
+def test_evaluate_param_reruns_only_evaluate(repo: Path) -> None:
+    set_params(repo, {"evaluate": {"bootstrap": 30}})
+    status = run(repo, "dvc", "status").stdout
+    assert "evaluate:" in status and "train@" not in status and "ensemble@" not in status
+    assert ran_stages(run(repo, "dvc", "repro").stdout) == {"evaluate"}
+    run(repo, "git", "checkout", "params.yaml")
+    run(repo, "dvc", "checkout", "-q")
+
+
+def test_task_param_reruns_only_that_task(repo: Path) -> None:
+    proc = run(repo, "dvc", "exp", "run", "-S", "task.acl.lr=0.0003")
+    ran = ran_stages(proc.stdout)
+    assert {f"train@acl-{p}" for p in PLANES} <= ran
+    assert not any(s.startswith("train@abnormal") or s.startswith("train@meniscus") for s in ran)
+    assert "evaluate" in ran
+    params_diff = run(repo, "dvc", "params", "diff").stdout
+    assert "task.acl.lr" in params_diff
+    metrics_diff = run(repo, "dvc", "metrics", "diff").stdout
+    assert "acl" in metrics_diff
+    run(repo, "git", "checkout", "params.yaml")
+    run(repo, "dvc", "checkout", "-q")
+
+
+def test_external_data_root_is_read_never_written(repo: Path, tmp_path: Path) -> None:
+    external = tmp_path / "MRNet-v1.0"
+    generate(external, SynthesizeConfig(seed=7, n_train=12, n_valid=8, image_size=48,
+                                        slices_min=3, slices_max=4))
+    before = digest_tree(external)
+    run(repo, "dvc", "exp", "run", "-S", f"data.root={external}")
+    assert digest_tree(external) == before
+    dataset = json.loads((repo / "metrics" / "dataset.json").read_text())
+    assert dataset["train"]["exams"] == 12 and dataset["valid"]["exams"] == 8
+    # nothing synthetic was generated for this run
+    assert not list((repo / "data" / "synthetic").rglob("*.npy"))
+    run(repo, "git", "checkout", "params.yaml")
+    run(repo, "dvc", "checkout", "-q")
