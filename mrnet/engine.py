@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mrnet.augment import augment
+from mrnet.augment import AffineParams, apply_affine, draw_params
 from mrnet.config import AugmentConfig
 from mrnet.model import normalize, scale_volumes, standardize
 
@@ -81,35 +81,55 @@ def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: float) 
 def train_one_epoch(model: nn.Module, data: ExamSet, optimizer: torch.optim.Optimizer,
                     pos_weight: float, exams_per_batch: int, aug: AugmentConfig,
                     generator: torch.Generator, device: torch.device, bf16: bool = False,
-                    desc: str = "train") -> dict[str, float]:
+                    desc: str = "train", rank: int = 0, world: int = 1) -> dict[str, float]:
     """One pass over ``data`` in a seeded random order, augmenting each exam on the device.
 
+    Under data parallelism (``world`` > 1) every process draws the same order and the same
+    augmentation for the global batch of ``exams_per_batch × world`` exams and trains on its
+    own share, so N processes with k exams each take the steps of one process with N·k.
+    The loss is scaled so that the averaged gradients are those of the global batch mean.
+
     Returns:
-        {"loss": mean of batch losses weighted by exams, "auc": AUC of the training logits}.
+        {"loss": mean over exams of the weighted BCE, "auc": AUC of the training logits}.
     """
     model.train()
     order = torch.randperm(len(data), generator=generator)
     total, n_seen = 0.0, 0
     logits_all, labels_all = [], []
-    bar = tqdm(order.split(exams_per_batch), desc=desc, unit="batch", leave=False)
-    for index in bar:
+    chunks = order.split(exams_per_batch * world)
+    bar = tqdm(chunks, desc=desc, unit="batch", leave=False, disable=rank != 0 or None)
+    for chunk in bar:
+        params = draw_params(len(chunk), data.slices.shape[-1], aug.rotation, aug.translation,
+                             aug.flip, generator)
+        if len(chunk) < world:  # a last global batch too small to give every process an exam
+            continue
+        mine = torch.arange(len(chunk))[rank::world]
+        index = chunk[mine]
         x, counts = data.batch(index)
         x = scale_volumes(x.to(device, non_blocking=True), counts.to(device))
-        x = standardize(augment(x, counts, aug.rotation, aug.translation, aug.flip, generator))
+        x = standardize(apply_affine(x, counts, AffineParams(*(p[mine] for p in params))))
         y = data.labels[index].to(device)
         with autocast(device, bf16):
             logits = model(x, counts.to(device))
         loss = weighted_bce(logits.float(), y, pos_weight)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (len(index) * world / len(chunk))).backward()
         optimizer.step()
         total += loss.item() * len(index)
         n_seen += len(index)
         logits_all.append(logits.detach().float().cpu())
         labels_all.append(y.cpu())
-        bar.set_postfix(loss=f"{total / n_seen:.4f}")
-    labels = torch.cat(labels_all).numpy()
-    return {"loss": total / n_seen, "auc": safe_auc(labels, torch.cat(logits_all).numpy())}
+        if rank == 0:
+            bar.set_postfix(loss=f"{total / n_seen:.4f}")
+    logits, labels = torch.cat(logits_all), torch.cat(labels_all)
+    if world > 1:  # every process reports the epoch over all exams
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, (total, n_seen, logits, labels))
+        total = sum(g[0] for g in gathered)
+        n_seen = sum(g[1] for g in gathered)
+        logits = torch.cat([g[2] for g in gathered])
+        labels = torch.cat([g[3] for g in gathered])
+    return {"loss": total / n_seen, "auc": safe_auc(labels.numpy(), logits.numpy())}
 
 
 def iterate_batches(n: int, exams_per_batch: int) -> Iterator[torch.Tensor]:

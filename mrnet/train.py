@@ -21,6 +21,7 @@ import torch
 
 from mrnet import PLANES, TASKS
 from mrnet.config import DataConfig, Params, TrainConfig
+from mrnet.distributed import dist_info, init_from_env
 from mrnet.data import label_csv, read_labels, tune_split
 from mrnet.engine import (ExamSet, compute_pos_weight, evaluate, train_one_epoch)
 from mrnet.errors import DatasetError, UserError
@@ -82,18 +83,24 @@ class FitState:
 def fit(model: MRNet, train_set: ExamSet, val_set: ExamSet, cfg: TrainConfig,
         device: torch.device, generator: torch.Generator,
         optimizer: torch.optim.Optimizer, scheduler: Any, state: FitState,
-        on_epoch: Callable[[FitState], None] | None = None, desc: str = "") -> FitState:
+        on_epoch: Callable[[FitState], None] | None = None, desc: str = "",
+        train_net: torch.nn.Module | None = None) -> FitState:
     """Train until ``cfg.epochs`` or early stopping; keep the best checkpoint by val AUC.
 
     ``state``, ``optimizer``, ``scheduler`` and ``generator`` may come from a resume file;
-    the run then continues exactly where it stopped.
+    the run then continues exactly where it stopped. ``train_net`` is the module that trains
+    (``model`` wrapped in DistributedDataParallel under torchrun); every process evaluates the
+    full selection split, so all take the same decisions.
     """
+    rank, world = dist_info()
+    train_net = train_net or model
     pw = compute_pos_weight(train_set.labels.numpy())
     bf16 = use_bf16(cfg.precision, device)
     while state.epoch < cfg.epochs and not state.stopped_early:
         epoch = state.epoch + 1
-        tr = train_one_epoch(model, train_set, optimizer, pw, cfg.exams_per_batch, cfg.augment,
-                             generator, device, bf16, desc=f"{desc} epoch {epoch}")
+        tr = train_one_epoch(train_net, train_set, optimizer, pw, cfg.exams_per_batch,
+                             cfg.augment, generator, device, bf16, desc=f"{desc} epoch {epoch}",
+                             rank=rank, world=world)
         va = evaluate(model, val_set, pw, device, max(cfg.exams_per_batch, 8), bf16)
         scheduler.step(va["loss"])
         lr = optimizer.param_groups[0]["lr"]
@@ -108,9 +115,10 @@ def fit(model: MRNet, train_set: ExamSet, val_set: ExamSet, cfg: TrainConfig,
         else:
             state.bad_epochs += 1
             state.stopped_early = state.bad_epochs >= cfg.patience
-        log.info("%s epoch %d/%d  train loss %.4f auc %.4f  val loss %.4f auc %.4f  lr %.2g%s",
-                 desc, epoch, cfg.epochs, tr["loss"], tr["auc"], va["loss"], va["auc"], lr,
-                 "  (best)" if state.best_epoch == epoch else "")
+        if rank == 0:
+            log.info("%s epoch %d/%d  train loss %.4f auc %.4f  val loss %.4f auc %.4f  lr %.2g%s",
+                     desc, epoch, cfg.epochs, tr["loss"], tr["auc"], va["loss"], va["auc"], lr,
+                     "  (best)" if state.best_epoch == epoch else "")
         if on_epoch is not None:
             on_epoch(state)
     if state.stopped_early:
@@ -198,14 +206,15 @@ def train_model(params: Params, task: str, plane: str, *, stop_after: int | None
         raise ValueError(f"unknown task/plane {task}/{plane}")
     cfg = params.train_for(task)
     name = f"{task}-{plane}"
-    device = select_device(cfg.device)
+    device = init_from_env(cfg.device) or select_device(cfg.device)
+    rank, world = dist_info()
     root, prepared = params.data.root, params.prepare.out
     train_all = load_exam_set(prepared, root, plane, "train", task, device)
     valid = load_exam_set(prepared, root, plane, "valid", task, device)
     fit_set, sel_set, selection = selection_sets(train_all, valid, params.data, task)
-    log.info("%s: %d fit exams (%d positive), %d %s exams for selection, device %s, config %s",
-             name, len(fit_set), int(fit_set.labels.sum()), len(sel_set), selection, device,
-             dataclasses.asdict(cfg))
+    log.info("%s: %d fit exams (%d positive), %d %s exams for selection, device %s, "
+             "process %d of %d, config %s", name, len(fit_set), int(fit_set.labels.sum()),
+             len(sel_set), selection, device, rank, world, dataclasses.asdict(cfg))
 
     seed = derive_seed(cfg.seed, task, plane)
     torch.manual_seed(seed)  # model init only; every later draw uses `generator`
@@ -235,8 +244,13 @@ def train_model(params: Params, task: str, plane: str, *, stop_after: int | None
         else:
             log.info("%s: ignoring %s (made with other params or data)", name, resume_path)
 
+    train_net: torch.nn.Module = model
+    if world > 1:
+        train_net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
     live = None
-    if live_dir is not False:
+    if live_dir is not False and rank == 0:
         from dvclive import Live  # tracking is optional for library users and tests
 
         live = Live(dir=str(live_dir or Path("dvclive") / name), dvcyaml=False,
@@ -247,15 +261,16 @@ def train_model(params: Params, task: str, plane: str, *, stop_after: int | None
     def on_epoch(st: FitState) -> None:
         if live is not None:
             _log_live(live, st.history[-1])
-        save_torch({"fingerprint": fp, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(), "state": dataclasses.asdict(st)},
-                   resume_path)
+        if rank == 0:
+            save_torch({"fingerprint": fp, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                        "state": dataclasses.asdict(st)}, resume_path)
         if stop_after is not None and st.epoch >= stop_after:
             raise TrainingInterrupted(f"stopped after epoch {st.epoch} (test hook)")
 
     state = fit(model, fit_set, sel_set, cfg, device, generator, optimizer, scheduler, state,
-                on_epoch, desc=name)
+                on_epoch, desc=name, train_net=train_net)
     summary = {"best_epoch": state.best_epoch, "val_auc": state.best_auc,
                "val_loss": state.best_loss, "epochs_run": state.epoch,
                "stopped_early": state.stopped_early, "selection": selection,
@@ -267,18 +282,15 @@ def train_model(params: Params, task: str, plane: str, *, stop_after: int | None
         "epoch": state.best_epoch, "val_auc": state.best_auc, "val_loss": state.best_loss,
         "selection": selection, "history": state.history,
     }
+    if rank != 0:
+        return summary
     save_torch(checkpoint, out_path)
     if live is not None:
+        # The summary shows the selected (best) epoch, not the last one logged.
         live.summary = {"val_auc": state.best_auc, "val_loss": state.best_loss,
                         "best_epoch": state.best_epoch, "epochs_run": state.epoch,
                         "selected_on_valid": int(selection == "valid")}
-        live.make_summary()
         live.end()
-        # end() folds the latest step into the summary; keep the best-epoch figures.
-        live.summary = {"val_auc": state.best_auc, "val_loss": state.best_loss,
-                        "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-                        "selected_on_valid": int(selection == "valid")}
-        live.make_summary()
     resume_path.unlink(missing_ok=True)
     log.info("%s: best val AUC %.4f at epoch %d (%s split) -> %s", name, state.best_auc,
              state.best_epoch, selection, out_path)
