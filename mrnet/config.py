@@ -120,6 +120,9 @@ class TrainConfig:
     lr_factor: float = 0.3
     lr_patience: int = 5
     exams_per_batch: int = 1
+    # > 1: data-parallel over this many processes under torchrun (one GPU each, or CPU/gloo);
+    # each process takes exams_per_batch exams per step.
+    processes: int = 1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def check(self, key: str) -> None:
@@ -128,7 +131,7 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ParamsError(f"{key}.precision must be one of {', '.join(PRECISIONS)}, "
                               f"got {self.precision!r}")
-        for name in ("epochs", "patience", "exams_per_batch"):
+        for name in ("epochs", "patience", "exams_per_batch", "processes"):
             if getattr(self, name) < 1:
                 raise ParamsError(f"{key}.{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0:
@@ -173,6 +176,22 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ViewerConfig:
+    """Self-contained HTML viewers (slices, CAM overlays, probabilities) of the first valid exams."""
+
+    out: str = "plots/viewer"
+    n_exams: int = 3
+    # The task whose CAM the viewer shows first (a selector switches between all three).
+    task: str = "acl"
+
+    def check(self, key: str) -> None:
+        if self.n_exams < 0:
+            raise ParamsError(f"{key}.n_exams must be >= 0, got {self.n_exams}")
+        if self.task not in TASKS:
+            raise ParamsError(f"{key}.task must be one of {', '.join(TASKS)}, got {self.task!r}")
+
+
+@dataclass(frozen=True)
 class Params:
     """Everything in params.yaml."""
 
@@ -185,6 +204,7 @@ class Params:
     extract: ExtractConfig
     ensemble: EnsembleConfig
     evaluate: EvaluateConfig
+    viewer: ViewerConfig
 
     def train_for(self, task: str) -> TrainConfig:
         """The training settings of ``task``: shared keys with the task's overrides applied."""
@@ -260,6 +280,7 @@ SECTIONS = {
     "extract": ExtractConfig,
     "ensemble": EnsembleConfig,
     "evaluate": EvaluateConfig,
+    "viewer": ViewerConfig,
 }
 
 
