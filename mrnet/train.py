@@ -80,28 +80,24 @@ class FitState:
     stopped_early: bool = False
 
 
-def fit(model: MRNet, train_set: ExamSet, val_set: ExamSet, cfg: TrainConfig,
-        device: torch.device, generator: torch.Generator,
-        optimizer: torch.optim.Optimizer, scheduler: Any, state: FitState,
-        on_epoch: Callable[[FitState], None] | None = None, desc: str = "",
-        train_net: torch.nn.Module | None = None) -> FitState:
-    """Train until ``cfg.epochs`` or early stopping; keep the best checkpoint by val AUC.
+EpochFn = Callable[[int], dict[str, float]]
 
-    ``state``, ``optimizer``, ``scheduler`` and ``generator`` may come from a resume file;
-    the run then continues exactly where it stopped. ``train_net`` is the module that trains
-    (``model`` wrapped in DistributedDataParallel under torchrun); every process evaluates the
-    full selection split, so all take the same decisions.
+
+def fit_loop(model: torch.nn.Module, cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+             scheduler: Any, state: FitState, run_train: EpochFn, run_eval: Callable[[], dict],
+             on_epoch: Callable[[FitState], None] | None = None, desc: str = "") -> FitState:
+    """Epochs until ``cfg.epochs`` or early stopping; keep the best weights by val AUC.
+
+    ``run_train(epoch)`` trains one epoch and ``run_eval()`` scores the selection split, each
+    returning {"loss", "auc"}. ``state``, ``optimizer`` and ``scheduler`` may come from a
+    resume file; the run then continues exactly where it stopped. Under data parallelism every
+    process evaluates the full selection split, so all take the same decisions.
     """
-    rank, world = dist_info()
-    train_net = train_net or model
-    pw = compute_pos_weight(train_set.labels.numpy())
-    bf16 = use_bf16(cfg.precision, device)
+    rank, _ = dist_info()
     while state.epoch < cfg.epochs and not state.stopped_early:
         epoch = state.epoch + 1
-        tr = train_one_epoch(train_net, train_set, optimizer, pw, cfg.exams_per_batch,
-                             cfg.augment, generator, device, bf16, desc=f"{desc} epoch {epoch}",
-                             rank=rank, world=world)
-        va = evaluate(model, val_set, pw, device, max(cfg.exams_per_batch, 8), bf16)
+        tr = run_train(epoch)
+        va = run_eval()
         scheduler.step(va["loss"])
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_auc": tr["auc"],
@@ -121,7 +117,7 @@ def fit(model: MRNet, train_set: ExamSet, val_set: ExamSet, cfg: TrainConfig,
                      "  (best)" if state.best_epoch == epoch else "")
         if on_epoch is not None:
             on_epoch(state)
-    if state.stopped_early:
+    if state.stopped_early and rank == 0:
         log.info("%s early stop after epoch %d: no val AUC gain for %d epochs",
                  desc, state.epoch, cfg.patience)
     return state
@@ -190,17 +186,91 @@ def _log_live(live: Any, row: dict[str, float]) -> None:
     live.next_step()
 
 
-def train_model(params: Params, task: str, plane: str, *, stop_after: int | None = None,
-                live_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train the (task, plane) CNN from params; write its checkpoint; return its summary.
+def run_training(name: str, model: torch.nn.Module, cfg: TrainConfig, seed: int,
+                 make_epoch: Callable[[torch.Generator, torch.optim.Optimizer],
+                                      tuple[EpochFn, Callable[[], dict]]],
+                 fingerprint_of: str, out_path: Path, config: dict[str, Any], selection: str,
+                 live_dir: str | Path | None | bool = None,
+                 stop_after: int | None = None) -> FitState:
+    """Optimiser, scheduler, resume, tracking and checkpoint around :func:`fit_loop`.
 
-    Resume: after every epoch the full training state goes to
-    ``{train.out}/.resume/{task}-{plane}.pt``; a rerun with the same inputs continues from it,
-    and the finished run deletes it.
+    Resume: after every epoch the full training state goes to ``{out}/.resume/{name}.pt``; a
+    rerun whose inputs hash to the same ``fingerprint_of`` continues from it, and the finished
+    run deletes it. Only process 0 writes files.
+
+    Args:
+        make_epoch: given the run's generator and optimiser, returns (run_train, run_eval)
+            for fit_loop.
+        config: stored in the checkpoint under "config" (what it takes to rebuild the model).
+        live_dir: DVCLive directory (default ``dvclive/{name}``); False to skip tracking.
+        stop_after: test hook, raise :class:`TrainingInterrupted` after this many epochs.
+    """
+    rank, _ = dist_info()
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+    state = FitState()
+    resume_path = out_path.parent / ".resume" / out_path.name
+    if resume_path.is_file():
+        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") == fingerprint_of:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"])
+            state = FitState(**saved["state"])
+            log.info("%s: resuming after epoch %d from %s", name, state.epoch, resume_path)
+        else:
+            log.info("%s: ignoring %s (made with other params or data)", name, resume_path)
+
+    live = None
+    if live_dir is not False and rank == 0:
+        from dvclive import Live  # tracking is optional for library users and tests
+
+        live = Live(dir=str(live_dir or Path("dvclive") / name), dvcyaml=False,
+                    save_dvc_exp=False, report=None)
+        for row in state.history:  # a resumed run replays the epochs it already has
+            _log_live(live, row)
+
+    def on_epoch(st: FitState) -> None:
+        if live is not None:
+            _log_live(live, st.history[-1])
+        if rank == 0:
+            save_torch({"fingerprint": fingerprint_of, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                        "state": dataclasses.asdict(st)}, resume_path)
+        if stop_after is not None and st.epoch >= stop_after:
+            raise TrainingInterrupted(f"stopped after epoch {st.epoch} (test hook)")
+
+    run_train, run_eval = make_epoch(generator, optimizer)
+    state = fit_loop(model, cfg, optimizer, scheduler, state, run_train, run_eval, on_epoch,
+                     desc=name)
+    if rank != 0:
+        return state
+    save_torch({"model": state.best_model, "config": config, "epoch": state.best_epoch,
+                "val_auc": state.best_auc, "val_loss": state.best_loss, "selection": selection,
+                "history": state.history}, out_path)
+    if live is not None:
+        # The summary shows the selected (best) epoch, not the last one logged.
+        live.summary = {"val_auc": state.best_auc, "val_loss": state.best_loss,
+                        "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+                        "selected_on_valid": int(selection == "valid")}
+        live.end()
+    resume_path.unlink(missing_ok=True)
+    log.info("%s: best val AUC %.4f at epoch %d (%s split) -> %s", name, state.best_auc,
+             state.best_epoch, selection, out_path)
+    return state
+
+
+def train_model(params: Params, task: str, plane: str, *, stop_after: int | None = None,
+                live_dir: str | Path | None | bool = None) -> dict[str, Any]:
+    """Train the (task, plane) CNN from params; write its checkpoint; return its summary.
 
     Args:
         stop_after: test hook, raise :class:`TrainingInterrupted` after this many epochs.
-        live_dir: DVCLive directory (default ``dvclive/{task}-{plane}``); None to skip tracking.
+        live_dir: DVCLive directory (default ``dvclive/{task}-{plane}``); False to skip it.
     """
     if task not in TASKS or plane not in PLANES:
         raise ValueError(f"unknown task/plane {task}/{plane}")
@@ -217,84 +287,39 @@ def train_model(params: Params, task: str, plane: str, *, stop_after: int | None
              len(sel_set), selection, device, rank, world, dataclasses.asdict(cfg))
 
     seed = derive_seed(cfg.seed, task, plane)
-    torch.manual_seed(seed)  # model init only; every later draw uses `generator`
+    torch.manual_seed(seed)  # model init only; every later draw uses the run's generator
     model_cfg = MRNetConfig(params.model.backbone, params.model.slice_pool)
     model = MRNet(model_cfg, pretrained=params.model.pretrained).to(device)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
-    state = FitState()
-
-    out_path = Path(cfg.out) / f"{name}.pt"
-    resume_path = Path(cfg.out) / ".resume" / f"{name}.pt"
-    fp = fingerprint(dataclasses.asdict(cfg), dataclasses.asdict(params.model),
-                     dataclasses.asdict(params.data), task, plane, fit_set.case_ids,
-                     sel_set.case_ids, fit_set.labels.tolist(), sel_set.labels.tolist(),
-                     [len(fit_set.slices), int(fit_set.slices.float().sum().item())])
-    if resume_path.is_file():
-        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if saved.get("fingerprint") == fp:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            generator.set_state(saved["generator"])
-            state = FitState(**saved["state"])
-            log.info("%s: resuming after epoch %d from %s", name, state.epoch, resume_path)
-        else:
-            log.info("%s: ignoring %s (made with other params or data)", name, resume_path)
-
     train_net: torch.nn.Module = model
     if world > 1:
         train_net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    pw = compute_pos_weight(fit_set.labels.numpy())
+    bf16 = use_bf16(cfg.precision, device)
 
-    live = None
-    if live_dir is not False and rank == 0:
-        from dvclive import Live  # tracking is optional for library users and tests
+    def make_epoch(generator: torch.Generator,
+                   optimizer: torch.optim.Optimizer) -> tuple[EpochFn, Callable[[], dict]]:
+        def run_train(epoch: int) -> dict[str, float]:
+            return train_one_epoch(train_net, fit_set, optimizer, pw,
+                                   cfg.exams_per_batch, cfg.augment, generator, device, bf16,
+                                   desc=f"{name} epoch {epoch}", rank=rank, world=world)
 
-        live = Live(dir=str(live_dir or Path("dvclive") / name), dvcyaml=False,
-                    save_dvc_exp=False, report=None)
-        for row in state.history:  # a resumed run replays the epochs it already has
-            _log_live(live, row)
+        def run_eval() -> dict[str, float]:
+            return evaluate(model, sel_set, pw, device, max(cfg.exams_per_batch, 8), bf16)
 
-    def on_epoch(st: FitState) -> None:
-        if live is not None:
-            _log_live(live, st.history[-1])
-        if rank == 0:
-            save_torch({"fingerprint": fp, "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                        "state": dataclasses.asdict(st)}, resume_path)
-        if stop_after is not None and st.epoch >= stop_after:
-            raise TrainingInterrupted(f"stopped after epoch {st.epoch} (test hook)")
+        return run_train, run_eval
 
-    state = fit(model, fit_set, sel_set, cfg, device, generator, optimizer, scheduler, state,
-                on_epoch, desc=name, train_net=train_net)
-    summary = {"best_epoch": state.best_epoch, "val_auc": state.best_auc,
-               "val_loss": state.best_loss, "epochs_run": state.epoch,
-               "stopped_early": state.stopped_early, "selection": selection,
-               "pos_weight": compute_pos_weight(fit_set.labels.numpy())}
-    checkpoint = {
-        "model": state.best_model,
-        "config": {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
-                   "task": task, "plane": plane, "image_size": int(train_all.slices.shape[-1])},
-        "epoch": state.best_epoch, "val_auc": state.best_auc, "val_loss": state.best_loss,
-        "selection": selection, "history": state.history,
-    }
-    if rank != 0:
-        return summary
-    save_torch(checkpoint, out_path)
-    if live is not None:
-        # The summary shows the selected (best) epoch, not the last one logged.
-        live.summary = {"val_auc": state.best_auc, "val_loss": state.best_loss,
-                        "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-                        "selected_on_valid": int(selection == "valid")}
-        live.end()
-    resume_path.unlink(missing_ok=True)
-    log.info("%s: best val AUC %.4f at epoch %d (%s split) -> %s", name, state.best_auc,
-             state.best_epoch, selection, out_path)
-    return summary
+    fp = fingerprint(dataclasses.asdict(cfg), dataclasses.asdict(params.model),
+                     dataclasses.asdict(params.data), task, plane, fit_set.case_ids,
+                     sel_set.case_ids, fit_set.labels.tolist(), sel_set.labels.tolist(),
+                     [len(fit_set.slices), int(fit_set.slices.float().sum().item())])
+    config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
+              "task": task, "plane": plane, "image_size": int(train_all.slices.shape[-1])}
+    state = run_training(name, model, cfg, seed, make_epoch, fp, Path(cfg.out) / f"{name}.pt",
+                         config, selection, live_dir=live_dir, stop_after=stop_after)
+    return {"best_epoch": state.best_epoch, "val_auc": state.best_auc,
+            "val_loss": state.best_loss, "epochs_run": state.epoch,
+            "stopped_early": state.stopped_early, "selection": selection, "pos_weight": pw}
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[MRNet, dict]:
