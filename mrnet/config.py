@@ -6,6 +6,7 @@ wrong type is a :class:`ParamsError` naming the key, never a silent default.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -192,6 +193,16 @@ class ViewerConfig:
 
 
 @dataclass(frozen=True)
+class MultitaskConfig:
+    """The three-plane, three-task network trained beside the nine per-plane CNNs."""
+
+    enabled: bool = True
+    out: str = "models/multitask"
+    # Overrides of any train key for this network (e.g. epochs, lr, exams_per_batch).
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Params:
     """Everything in params.yaml."""
 
@@ -205,6 +216,14 @@ class Params:
     ensemble: EnsembleConfig
     evaluate: EvaluateConfig
     viewer: ViewerConfig
+    multitask: MultitaskConfig
+
+    def multitask_train(self) -> TrainConfig:
+        """Training settings of the multitask network: train keys with its overrides."""
+        merged = _merge(dataclasses.asdict(self.train), dict(self.multitask.train))
+        cfg = _build(TrainConfig, merged, "multitask.train")
+        cfg.check("multitask.train")
+        return cfg
 
     def train_for(self, task: str) -> TrainConfig:
         """The training settings of ``task``: shared keys with the task's overrides applied."""
@@ -266,6 +285,11 @@ def _build(cls: type, raw: Any, key: str) -> Any:
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             kwargs[f.name] = _build(tp, raw[f.name], f"{key}.{f.name}")
+        elif typing.get_origin(tp) is collections.abc.Mapping:
+            value = raw[f.name] or {}
+            if not isinstance(value, Mapping):
+                raise ParamsError(f"params key {key}.{f.name} must be a mapping, got {value!r}")
+            kwargs[f.name] = dict(value)
         else:
             kwargs[f.name] = _check_type(raw[f.name], tp, f"{key}.{f.name}")
     return cls(**kwargs)
@@ -281,6 +305,7 @@ SECTIONS = {
     "ensemble": EnsembleConfig,
     "evaluate": EvaluateConfig,
     "viewer": ViewerConfig,
+    "multitask": MultitaskConfig,
 }
 
 
@@ -309,6 +334,7 @@ def params_from_dict(raw: Mapping[str, Any], source: str = "params.yaml") -> Par
     params = Params(task={t: dict(tasks.get(t) or {}) for t in TASKS}, **sections)
     for t in TASKS:
         params.train_for(t)  # overrides are validated up front, not when a stage reaches them
+    params.multitask_train()
     return params
 
 

@@ -33,7 +33,7 @@ def extract_probs(params: Params, task: str, plane: str) -> Path:
                                 desc=f"extract {task}-{plane} {split}")
         names = [split] * len(data)
         if split == "train" and params.data.tune_fraction > 0:
-            tune = tune_case_ids(data, params.data, task)
+            tune = tune_case_ids(data.case_ids, data.labels, params.data, task)
             names = ["tune" if c in tune else "train" for c in data.case_ids]
         case_ids += data.case_ids
         splits += names

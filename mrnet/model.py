@@ -154,3 +154,37 @@ def standardize(scaled: torch.Tensor) -> torch.Tensor:
 def normalize(volume: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """The full evaluation-time preprocessing: per-exam scaling, then normalisation."""
     return standardize(scale_volumes(volume, counts))
+
+
+class MultitaskMRNet(nn.Module):
+    """One network for all three planes and all three diagnoses (hard parameter sharing).
+
+    Each plane has its own branch (backbone → average pool → pool over slices); the three
+    exam features are concatenated and one linear head gives a logit per task.
+    """
+
+    def __init__(self, config: MRNetConfig = MRNetConfig(), planes: tuple[str, ...] = (),
+                 n_tasks: int = 3, pretrained: bool = False) -> None:
+        super().__init__()
+        if not planes:
+            raise ValueError("planes must name at least one plane")
+        self.config = config
+        self.planes = tuple(planes)
+        self.branches = nn.ModuleDict()
+        width = 0
+        for plane in self.planes:
+            features, w = make_backbone(config.backbone, pretrained)
+            self.branches[plane] = features
+            width += w
+        self.width = width
+        self.classifier = nn.Linear(width, n_tasks)
+
+    def forward(self, inputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Logits (B, n_tasks) from {plane: (normalised slices (S, H, W), counts (B,))}."""
+        pooled = []
+        for plane in self.planes:
+            x, counts = inputs[plane]
+            x = x.unsqueeze(1).expand(-1, 3, -1, -1)
+            feats = self.branches[plane](x).mean(dim=(2, 3))
+            pooled.append(segment_pool(feats.float(), counts, self.config.slice_pool))
+        return self.classifier(torch.cat(pooled, dim=1).to(self.classifier.weight.dtype))

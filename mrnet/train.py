@@ -146,9 +146,12 @@ def load_exam_set(prepared: str | Path, root: str | Path, plane: str, split: str
                    ps.case_ids, labels)
 
 
-def tune_case_ids(data: ExamSet, data_cfg: DataConfig, task: str) -> set[str]:
-    """The train exams held out for model selection of ``task`` (the same for every plane)."""
-    return tune_split(data.case_ids, data.labels.numpy().astype(int).tolist(),
+def tune_case_ids(case_ids: list[str], labels: torch.Tensor | np.ndarray,
+                  data_cfg: DataConfig,
+                  task: str) -> set[str]:
+    """The train exams held out for model selection of ``task`` (the same for every plane),
+    stratified by that task's ``labels``."""
+    return tune_split(case_ids, np.asarray(labels).astype(int).tolist(),
                       data_cfg.tune_fraction, derive_seed(data_cfg.split_seed, task))
 
 
@@ -161,7 +164,7 @@ def selection_sets(train_all: ExamSet, valid: ExamSet, data_cfg: DataConfig,
     """
     if data_cfg.tune_fraction <= 0:
         return train_all, valid, "valid"
-    tune = tune_case_ids(train_all, data_cfg, task)
+    tune = tune_case_ids(train_all.case_ids, train_all.labels, data_cfg, task)
     fit_idx = [i for i, c in enumerate(train_all.case_ids) if c not in tune]
     tune_idx = [i for i, c in enumerate(train_all.case_ids) if c in tune]
     return train_all.subset(fit_idx), train_all.subset(tune_idx), "tune"

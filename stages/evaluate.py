@@ -1,7 +1,7 @@
 """Stage evaluate: valid-split metrics and ROC curves of every model of every task.
 
 Reads ``{extract.out}/{task}-{plane}.csv``, ``{extract.out}/ensemble-{task}.csv`` and, where
-present, ``{extract.out}/{extra}-{task}.csv`` for each name in :data:`EXTRA_MODELS`; writes
+present, ``{multitask.out}/multitask-{task}.csv``; writes
 
 - ``metrics/metrics.json``: per task and model the AUC with bootstrap CI, sensitivity,
   specificity and accuracy (at 0.5 and at a Youden threshold from the fit split), and the mean
@@ -33,19 +33,15 @@ log = logging.getLogger("stages.evaluate")
 
 METRICS = Path("metrics/metrics.json")
 PLOTS = Path("plots")
-# Models beyond the planes and the ensemble, evaluated for a task when their table
-# ``{name}-{task}.csv`` exists. Adding a model is one name here.
-EXTRA_MODELS: tuple[str, ...] = ("multitask",)
-
-
 def model_files(probs_dir: Path, task: str,
-                extra: tuple[str, ...] = EXTRA_MODELS) -> dict[str, Path]:
+                extra: Mapping[str, Path] | None = None) -> dict[str, Path]:
     """The probability table of each model of ``task``, in plot and report order.
 
     Args:
         probs_dir: ``extract.out``.
         task: the diagnosis.
-        extra: optional model names, included when ``{name}-{task}.csv`` exists.
+        extra: optional models beyond the planes and the ensemble, name -> folder; a model is
+            included when ``{folder}/{name}-{task}.csv`` exists (a disabled one has none).
 
     Returns:
         model name -> CSV path: the planes and "ensemble" always (a missing one is an error
@@ -53,8 +49,8 @@ def model_files(probs_dir: Path, task: str,
     """
     files = {plane: probs_dir / f"{task}-{plane}.csv" for plane in PLANES}
     files["ensemble"] = probs_dir / f"ensemble-{task}.csv"
-    for name in extra:
-        path = probs_dir / f"{name}-{task}.csv"
+    for name, folder in (extra or {}).items():
+        path = Path(folder) / f"{name}-{task}.csv"
         if path.is_file():
             files[name] = path
     return files
@@ -111,10 +107,11 @@ def main() -> None:
     log.info("evaluate: bootstrap=%d ci=%.3g seed=%d; tables from extract.out=%s",
              cfg.bootstrap, cfg.ci, cfg.seed, probs_dir)
 
+    extra = {"multitask": Path(params.multitask.out)}
     tables: dict[str, dict[str, ProbTable]] = {}
     for task in TASKS:
         tables[task] = {name: read_probs(path)
-                        for name, path in model_files(probs_dir, task).items()}
+                        for name, path in model_files(probs_dir, task, extra).items()}
         for name, table in tables[task].items():
             log.info("%s/%s: %s rows (%s)", task, name, len(table), _split_sizes(table))
 

@@ -325,12 +325,14 @@ def _write_inputs(workdir: Path, extra: tuple[str, ...] = ()) -> Path:
     splits = ["train"] * 30 + ["valid"] * 20
     for task in TASKS:
         labels = np.tile([0, 1], 25)
-        names = [f"{task}-{p}" for p in PLANES] + [f"ensemble-{task}"]
-        names += [f"{e}-{task}" for e in extra]
-        for k, name in enumerate(names):
+        names = [(probs_dir, f"{task}-{p}") for p in PLANES] + [(probs_dir, f"ensemble-{task}")]
+        # extra models live in their own output folder (params: multitask.out)
+        names += [(workdir / "models" / e, f"{e}-{task}") for e in extra]
+        for k, (folder, name) in enumerate(names):
             probs = _scores(rng, labels, 0.3 + 0.3 * k)
             order = rng.permutation(50)
-            _write_csv(probs_dir / f"{name}.csv",
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_csv(folder / f"{name}.csv",
                        [(ids[i], splits[i], labels[i], probs[i]) for i in order])
     return probs_dir
 

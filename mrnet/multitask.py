@@ -1,0 +1,209 @@
+"""The multitask network: all three planes in, all three diagnoses out, trained as one model.
+
+Same augmentation, optimiser, scheduler, early stopping (on the mean AUC over tasks) and
+checkpoint rules as the per-plane CNNs; its per-task probabilities go into tables that the
+evaluate stage compares with the planes and the ensembles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mrnet import PLANES, TASKS
+from mrnet.augment import augment
+from mrnet.config import Params
+from mrnet.engine import (ExamSet, autocast, compute_pos_weight, iterate_batches, safe_auc,
+                          weighted_bce)
+from mrnet.errors import DatasetError
+from mrnet.model import MRNetConfig, MultitaskMRNet, normalize, scale_volumes, standardize
+from mrnet.probs import write_probs
+from mrnet.train import (EpochFn, derive_seed, fingerprint, labels_for, load_exam_set,
+                         run_training, select_device, tune_case_ids, use_bf16)
+
+log = logging.getLogger(__name__)
+
+NAME = "multitask"
+
+
+@dataclasses.dataclass
+class MultiSet:
+    """The same exams in every plane (aligned by case id) with their labels of every task."""
+
+    planes: dict[str, ExamSet]
+    labels: torch.Tensor  # (N, tasks) float32
+    case_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def subset(self, index: list[int]) -> "MultiSet":
+        return MultiSet({p: s.subset(index) for p, s in self.planes.items()},
+                        self.labels[torch.as_tensor(index, dtype=torch.long)],
+                        [self.case_ids[i] for i in index])
+
+
+def load_multiset(prepared: str | Path, root: str | Path, split: str,
+                  device: torch.device) -> MultiSet:
+    """All planes of a split from the prepared cache, checked to hold the same case ids."""
+    planes = {p: load_exam_set(prepared, root, p, split, None, device) for p in PLANES}
+    ids = planes[PLANES[0]].case_ids
+    for p, s in planes.items():
+        if s.case_ids != ids:
+            other = sorted(set(ids) ^ set(s.case_ids))
+            raise DatasetError(f"{split}: the {p} cache and the {PLANES[0]} cache hold different "
+                               f"exams (e.g. case {other[0] if other else '?'})")
+    labels = np.stack([labels_for(root, split, t, ids) for t in TASKS], axis=1)
+    return MultiSet(planes, torch.from_numpy(labels), list(ids))
+
+
+def multitask_loss(logits: torch.Tensor, labels: torch.Tensor,
+                   pos_weights: list[float]) -> torch.Tensor:
+    """Mean over tasks of each task's positive-weighted BCE (itself a mean over exams)."""
+    return torch.stack([weighted_bce(logits[:, t], labels[:, t], w)
+                        for t, w in enumerate(pos_weights)]).mean()
+
+
+def _inputs(data: MultiSet, index: torch.Tensor, device: torch.device,
+            aug: Any = None, generator: torch.Generator | None = None) -> dict:
+    out = {}
+    for plane, s in data.planes.items():
+        x, counts = s.batch(index)
+        c = counts.to(device)
+        if aug is None:
+            out[plane] = (normalize(x.to(device), c), c)
+        else:
+            x = augment(scale_volumes(x.to(device), c), counts, aug.rotation, aug.translation,
+                        aug.flip, generator)
+            out[plane] = (standardize(x), c)
+    return out
+
+
+def _mean_auc(labels: np.ndarray, logits: np.ndarray) -> tuple[float, list[float]]:
+    aucs = [safe_auc(labels[:, t], logits[:, t]) for t in range(labels.shape[1])]
+    return float(np.nanmean(aucs)) if not all(np.isnan(aucs)) else float("nan"), aucs
+
+
+def train_epoch(model: MultitaskMRNet, data: MultiSet, optimizer: torch.optim.Optimizer,
+                pos_weights: list[float], exams_per_batch: int, aug: Any,
+                generator: torch.Generator, device: torch.device, bf16: bool = False,
+                desc: str = "multitask") -> dict[str, float]:
+    """One epoch; augmentation drawn per exam and plane. Returns loss and mean AUC."""
+    model.train()
+    order = torch.randperm(len(data), generator=generator)
+    total, n_seen, all_logits, all_labels = 0.0, 0, [], []
+    for index in tqdm(order.split(exams_per_batch), desc=desc, unit="batch", leave=False):
+        inputs = _inputs(data, index, device, aug, generator)
+        y = data.labels[index].to(device)
+        with autocast(device, bf16):
+            logits = model(inputs)
+        loss = multitask_loss(logits.float(), y, pos_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(index)
+        n_seen += len(index)
+        all_logits.append(logits.detach().float().cpu())
+        all_labels.append(y.cpu())
+    auc, _ = _mean_auc(torch.cat(all_labels).numpy(), torch.cat(all_logits).numpy())
+    return {"loss": total / n_seen, "auc": auc}
+
+
+@torch.inference_mode()
+def predict(model: MultitaskMRNet, data: MultiSet, device: torch.device,
+            exams_per_batch: int = 8, bf16: bool = False) -> np.ndarray:
+    """Logits (N, tasks) in eval mode, without augmentation, in exam order."""
+    model.eval()
+    out = []
+    for index in iterate_batches(len(data), exams_per_batch):
+        with autocast(device, bf16):
+            out.append(model(_inputs(data, index, device)).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def evaluate(model: MultitaskMRNet, data: MultiSet, pos_weights: list[float],
+             device: torch.device, exams_per_batch: int = 8, bf16: bool = False) -> dict:
+    """Loss, mean AUC over tasks, and each task's AUC."""
+    logits = predict(model, data, device, exams_per_batch, bf16)
+    labels = data.labels.numpy()
+    loss = multitask_loss(torch.from_numpy(logits), data.labels, pos_weights).item()
+    auc, aucs = _mean_auc(labels, logits)
+    return {"loss": loss, "auc": auc, **{f"auc_{t}": a for t, a in zip(TASKS, aucs)}}
+
+
+def train_multitask(params: Params, *, stop_after: int | None = None,
+                    live_dir: str | Path | None | bool = None) -> dict[str, Any]:
+    """Train the multitask network; write its checkpoint and per-task probability tables.
+
+    With ``data.tune_fraction`` > 0 it selects on the abnormal task's tune hold-out (a
+    stratified part of train), so valid stays untouched.
+    """
+    cfg = params.multitask_train()
+    out = Path(params.multitask.out)
+    device = select_device(cfg.device)
+    bf16 = use_bf16(cfg.precision, device)
+    root, prepared = params.data.root, params.prepare.out
+    train_all = load_multiset(prepared, root, "train", device)
+    valid = load_multiset(prepared, root, "valid", device)
+    tune: set[str] = set()
+    if params.data.tune_fraction > 0:
+        tune = tune_case_ids(train_all.case_ids, train_all.labels[:, 0], params.data, TASKS[0])
+    fit_set = train_all.subset([i for i, c in enumerate(train_all.case_ids) if c not in tune])
+    sel_set = (train_all.subset([i for i, c in enumerate(train_all.case_ids) if c in tune])
+               if tune else valid)
+    selection = "tune" if tune else "valid"
+    pws = [compute_pos_weight(fit_set.labels[:, t].numpy()) for t in range(len(TASKS))]
+    log.info("%s: %d fit exams, %d %s exams for selection, device %s, pos weights %s, "
+             "config %s", NAME, len(fit_set), len(sel_set), selection, device,
+             [round(w, 3) for w in pws], dataclasses.asdict(cfg))
+
+    seed = derive_seed(cfg.seed, NAME)
+    torch.manual_seed(seed)
+    model_cfg = MRNetConfig(params.model.backbone, params.model.slice_pool)
+    model = MultitaskMRNet(model_cfg, PLANES, len(TASKS), params.model.pretrained).to(device)
+
+    def make_epoch(generator: torch.Generator,
+                   optimizer: torch.optim.Optimizer) -> tuple[EpochFn, Callable[[], dict]]:
+        def run_train(epoch: int) -> dict[str, float]:
+            return train_epoch(model, fit_set, optimizer, pws, cfg.exams_per_batch, cfg.augment,
+                               generator, device, bf16, desc=f"{NAME} epoch {epoch}")
+
+        def run_eval() -> dict[str, float]:
+            return evaluate(model, sel_set, pws, device, max(cfg.exams_per_batch, 8), bf16)
+
+        return run_train, run_eval
+
+    fp = fingerprint(dataclasses.asdict(cfg), dataclasses.asdict(params.model),
+                     dataclasses.asdict(params.data), fit_set.case_ids, sel_set.case_ids,
+                     fit_set.labels.tolist(), sel_set.labels.tolist(),
+                     [int(s.slices.float().sum().item()) for s in fit_set.planes.values()])
+    config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
+              "planes": list(PLANES), "tasks": list(TASKS),
+              "image_size": int(train_all.planes[PLANES[0]].slices.shape[-1])}
+    state = run_training(NAME, model, cfg, seed, make_epoch, fp, out / "model.pt", config,
+                         selection, live_dir=live_dir if live_dir is not None else out / "live",
+                         stop_after=stop_after)
+
+    model.load_state_dict(state.best_model)
+    rows: dict[str, list] = {t: [[], [], [], []] for t in TASKS}
+    for split, data in (("train", train_all), ("valid", valid)):
+        probs = torch.sigmoid(torch.from_numpy(
+            predict(model, data, device, max(cfg.exams_per_batch, 8), bf16)).double()).numpy()
+        names = [("tune" if c in tune else "train") if split == "train" else split
+                 for c in data.case_ids]
+        for t, task in enumerate(TASKS):
+            r = rows[task]
+            r[0] += data.case_ids
+            r[1] += names
+            r[2] += data.labels[:, t].numpy().astype(int).tolist()
+            r[3] += probs[:, t].tolist()
+    for task in TASKS:
+        write_probs(out / f"{NAME}-{task}.csv", *rows[task])
+    return {"best_epoch": state.best_epoch, "val_auc": state.best_auc,
+            "epochs_run": state.epoch, "selection": selection}
