@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Mapping, NamedTuple
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from mrnet import PLANES
+from mrnet.config import Params
 from mrnet.errors import UserError
-from mrnet.probs import ProbTable
+from mrnet.io import write_json
+from mrnet.probs import ProbTable, read_probs, write_probs
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +89,23 @@ def ensemble_probs(model: Mapping, features: np.ndarray) -> np.ndarray:
     coef = np.array([model["coef"][p] for p in model["planes"]], dtype=float)
     z = np.asarray(features, dtype=float) @ coef + float(model["intercept"])
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def run_ensemble(params: Params, task: str) -> dict:
+    """Fit ``task``'s ensemble from the extract stage's tables; write its JSON and probabilities.
+
+    Writes ``{ensemble.out}/ensemble-{task}.json`` (coefficients, intercept, fit split) and
+    ``{extract.out}/ensemble-{task}.csv`` (the ensemble's probability for every exam).
+    """
+    probs_dir = Path(params.extract.out)
+    paths = {p: probs_dir / f"{task}-{p}.csv" for p in PLANES}
+    joined = join_planes({p: read_probs(path) for p, path in paths.items()},
+                         {p: str(path) for p, path in paths.items()})
+    model = fit_ensemble(joined, params.ensemble.C)
+    write_json(Path(params.ensemble.out) / f"ensemble-{task}.json", model)
+    write_probs(probs_dir / f"ensemble-{task}.csv", joined.case_ids, joined.splits,
+                joined.labels, ensemble_probs(model, joined.features))
+    log.info("ensemble %s: fitted on %d %s exams, coef %s, intercept %.4f", task,
+             model["n_fit"], model["fit_split"],
+             {p: round(c, 4) for p, c in model["coef"].items()}, model["intercept"])
+    return model

@@ -122,8 +122,19 @@ class MRNet(nn.Module):
         return self.classifier(pooled.to(self.classifier.weight.dtype)).squeeze(1)
 
     def cam(self, x: torch.Tensor) -> torch.Tensor:
-        """Class activation maps (S, h, w) of one exam: feature maps weighted by the linear layer."""
-        maps = self.slice_features(x).float()
+        """Class activation maps (S, h, w) of one exam: feature maps weighted by the linear layer.
+
+        AlexNet and VGG end in a max-pool that leaves AlexNet a 1x1 map at 64 px; the maps are
+        taken before it (same channels, same weights), so they keep a spatial layout.
+        """
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        features = self.features
+        if isinstance(features, nn.Sequential) and isinstance(features[-1], nn.MaxPool2d):
+            features = features[:-1]
+        maps = features(x).float()
         w = self.classifier.weight.float().view(1, -1, 1, 1)
         return (maps * w).sum(1)
 

@@ -8,7 +8,13 @@ from typing import Any
 
 import yaml
 
-from mrnet.config import Params, params_from_dict
+from mrnet import PLANES, TASKS
+from mrnet.config import Params, SynthesizeConfig, params_from_dict
+from mrnet.ensemble import run_ensemble
+from mrnet.extract import extract_probs
+from mrnet.prepare import prepare_plane
+from mrnet.synthetic import generate
+from mrnet.train import train_model
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -30,3 +36,32 @@ def tmp_params(tmp: Path, root: Path, **sections: dict[str, Any]) -> Params:
         for key, value in values.items():
             raw[name][key] = value
     return params_from_dict(raw)
+
+
+# 12 train / 8 valid exams of 48 px, trained at 64 px for one epoch: enough for real
+# checkpoints and ensembles (both classes of every task in train) in well under a minute.
+PIPELINE_DATA = SynthesizeConfig(seed=0, n_train=12, n_valid=8, image_size=48,
+                                 slices_min=2, slices_max=5)
+
+
+def build_tiny_pipeline(base: Path) -> Params:
+    """Synthesize, prepare, train (1 epoch), extract and ensemble a tiny pipeline under ``base``.
+
+    Built once per test session (a marker file says it is complete), so test modules share it.
+    """
+    root = base / "MRNet-v1.0"
+    params = tmp_params(base, root, prepare={"image_size": 64},
+                        train={"epochs": 1, "exams_per_batch": 4})
+    done = base / "built"
+    if done.is_file():
+        return params
+    generate(root, PIPELINE_DATA)
+    for plane in PLANES:
+        prepare_plane(root, plane, params.prepare.out, params.prepare.image_size)
+    for task in TASKS:
+        for plane in PLANES:
+            train_model(params, task, plane, live_dir=False)
+            extract_probs(params, task, plane)
+        run_ensemble(params, task)
+    done.write_text("complete\n")
+    return params

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrnet.engine import ExamSet, compute_pos_weight, weighted_bce
+from mrnet.engine import compute_pos_weight, weighted_bce
 from mrnet.prepare import prepare_plane
 from mrnet.train import TrainingInterrupted, better, derive_seed, load_checkpoint, train_model
 

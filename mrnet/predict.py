@@ -1,0 +1,526 @@
+"""Use the trained models on new exams: the MRNet evaluation interface and a one-exam report.
+
+Evaluation interface (the official MRNet format)::
+
+    python -m mrnet.predict INPUT_CSV OUTPUT_CSV [--params P | --models DIR] [--device D]
+
+INPUT_CSV has no header and one ``.npy`` path per line, three lines per case (MRNet lists
+sagittal, coronal, axial). A line's plane is its file's parent folder name (``axial``,
+``coronal`` or ``sagittal``) and its case id the file stem, so the lines of a case may come in
+any order. Relative paths are relative to the current directory. OUTPUT_CSV gets one row per
+case, in the order of each case's first line: ``abnormal,acl,meniscus`` probabilities, no
+header. Every line and every file is checked before anything is computed; on a problem the
+command prints one ``error:`` line naming the case or file, exits non-zero and writes nothing.
+
+One exam, readable::
+
+    python -m mrnet.predict --exam EXAM [--json OUT] [--viewer OUT.html] [--task T]
+
+EXAM is one of
+  - a folder holding ``axial.npy``, ``coronal.npy`` and ``sagittal.npy`` (case id: the folder's
+    name);
+  - a folder holding ``axial/``, ``coronal/`` and ``sagittal/``, each with one ``.npy``
+    (case id: the file stem);
+  - three ``.npy`` paths, each in a folder named after its plane (MRNet's own layout, e.g.
+    ``valid/axial/1130.npy valid/coronal/1130.npy valid/sagittal/1130.npy``) or named after
+    its plane (``axial.npy``).
+It prints each task's ensemble probability and each plane CNN's probability with its term
+(coef x prob) in the ensemble's logit; ``--json OUT`` writes the same as JSON (``-``: stdout);
+``--viewer OUT.html`` writes a self-contained HTML viewer with CAM overlays.
+
+Models: the nine ``{task}-{plane}.pt`` of ``train.out`` and the three ``ensemble-{task}.json``
+of ``ensemble.out`` in params.yaml (paths relative to the params file's folder), or all twelve
+from ``--models DIR``.
+
+Each series goes through the pipeline's own code: resized to its checkpoint's training
+resolution by :func:`mrnet.prepare.resize_volume`, then :func:`mrnet.engine.predict_logits`
+(per-exam scaling and normalisation, eval mode, inference mode, several exams per forward
+pass), so the probabilities equal those the extract and ensemble stages write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from mrnet import PLANES, TASKS
+from mrnet.config import Params, ViewerConfig, load_params
+from mrnet.data import load_series
+from mrnet.engine import ExamSet, predict_logits
+from mrnet.ensemble import ensemble_probs
+from mrnet.errors import DatasetError, UserError, cli
+from mrnet.io import write_text
+from mrnet.model import MRNet
+from mrnet.prepare import resize_volume
+from mrnet.train import load_checkpoint, select_device, use_bf16
+
+log = logging.getLogger(__name__)
+
+# Cases read from disk at once: bounds memory on large inputs (120 MRNet exams at 256 px
+# are ~1 GB of uint8) while keeping forward passes full.
+CASES_PER_CHUNK = 32
+
+
+class CaseFiles(NamedTuple):
+    """One exam's series files."""
+
+    case_id: str
+    paths: dict[str, Path]  # plane -> .npy path
+
+
+@dataclass
+class Predictor:
+    """The nine plane CNNs and three ensembles, ready on a device."""
+
+    models: dict[tuple[str, str], MRNet]  # (task, plane) -> model in eval mode
+    image_size: dict[tuple[str, str], int]  # training resolution of each model
+    bf16: dict[tuple[str, str], bool]  # the precision each model was evaluated in
+    ensembles: dict[str, dict]  # task -> ensemble JSON
+    device: torch.device
+
+
+class Prediction(NamedTuple):
+    """Probabilities of a list of exams."""
+
+    case_ids: list[str]
+    plane_probs: dict[tuple[str, str], np.ndarray]  # (task, plane) -> (N,) CNN probabilities
+    probs: dict[str, np.ndarray]  # task -> (N,) ensemble probabilities
+
+    def table(self) -> np.ndarray:
+        """(N, 3) ensemble probabilities, columns in ``TASKS`` order."""
+        return np.stack([self.probs[t] for t in TASKS], axis=1)
+
+
+# ---------------------------------------------------------------- models
+
+
+def model_files(checkpoints: Mapping[str, Path], ensembles: Path
+                ) -> tuple[dict[tuple[str, str], Path], dict[str, Path]]:
+    """Checkpoint path of each (task, plane) and ensemble path of each task.
+
+    Args:
+        checkpoints: the folder holding each task's checkpoints (``train.out`` may differ
+            per task).
+        ensembles: the folder holding ``ensemble-{task}.json``.
+    """
+    ckpts = {(t, p): Path(checkpoints[t]) / f"{t}-{p}.pt" for t in TASKS for p in PLANES}
+    return ckpts, {t: Path(ensembles) / f"ensemble-{t}.json" for t in TASKS}
+
+
+def _read_ensemble(path: Path) -> dict:
+    try:
+        ens = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable ensemble JSON ({exc})") from None
+    ok = (isinstance(ens, dict) and isinstance(ens.get("planes"), list)
+          and set(ens["planes"]) == set(PLANES) and isinstance(ens.get("coef"), dict)
+          and set(ens["coef"]) >= set(PLANES)
+          and isinstance(ens.get("intercept"), (int, float)))
+    if not ok:
+        raise UserError(f"{path}: not an ensemble of the planes {', '.join(PLANES)} "
+                        "(expected keys planes, coef, intercept); rerun `dvc repro`")
+    return ens
+
+
+def load_predictor(checkpoints: Mapping[str, Path], ensembles: Path,
+                   device: torch.device | str = "cpu") -> Predictor:
+    """Load the nine CNNs and three ensembles.
+
+    Raises:
+        UserError: a file is missing (the message names it and says how to train), or a
+            checkpoint holds another task/plane than its name says.
+    """
+    device = torch.device(device)
+    ckpts, ens_paths = model_files(checkpoints, ensembles)
+    missing = [p for p in [*ckpts.values(), *ens_paths.values()] if not p.is_file()]
+    if missing:
+        folder = missing[0].parent
+        where = "" if folder.is_dir() else f" (folder {folder} does not exist)"
+        raise UserError(f"{missing[0]}: trained model not found{where}; {len(missing)} of the "
+                        "12 model files are missing. Train them with `dvc repro` or point "
+                        "--models at a folder holding {task}-{plane}.pt and ensemble-{task}.json")
+    models, sizes, bf16 = {}, {}, {}
+    for (task, plane), path in ckpts.items():
+        try:
+            model, ckpt = load_checkpoint(path, device)
+            config = ckpt["config"]
+            found = (config["task"], config["plane"])
+            size = int(config["image_size"])
+            precision = config["train"]["precision"]
+        except (EOFError, pickle.UnpicklingError):
+            raise UserError(f"{path}: not a readable torch checkpoint (truncated or another "
+                            "kind of file); rerun `dvc repro`") from None
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            # torch's messages run over many lines; the first says what broke.
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"{path}: not a usable MRNet checkpoint ({reason}); rerun "
+                            "`dvc repro`") from None
+        if found != (task, plane):
+            raise UserError(f"{path}: holds the {found[0]}-{found[1]} model, "
+                            f"expected {task}-{plane}")
+        models[task, plane], sizes[task, plane] = model, size
+        bf16[task, plane] = use_bf16(precision, device)
+    ensembles_ = {t: _read_ensemble(p) for t, p in ens_paths.items()}
+    return Predictor(models, sizes, bf16, ensembles_, device)
+
+
+def predictor_for(params: Params, device: torch.device, base: str | Path = ".") -> Predictor:
+    """A :class:`Predictor` from the models that ``params`` names (``train.out``,
+    ``ensemble.out``), with relative paths taken from ``base`` (the project root)."""
+    base = Path(base)
+    checkpoints = {t: base / params.train_for(t).out for t in TASKS}
+    ensembles = base / params.ensemble.out
+    log.info("models from %s (train.out) and %s (ensemble.out)",
+             ", ".join(sorted({str(p) for p in checkpoints.values()})), ensembles)
+    return load_predictor(checkpoints, ensembles, device)
+
+
+def predictor_from_args(params_path: str | Path = "params.yaml",
+                        models_dir: str | Path | None = None,
+                        device: str = "auto") -> Predictor:
+    """A :class:`Predictor` from ``--models DIR``, else from the params file's model paths.
+
+    Paths in the params file are relative to its folder (the project root), so the command
+    works from any directory.
+    """
+    dev = pick_device(device)
+    if models_dir is not None:
+        folder = Path(models_dir)
+        return load_predictor({t: folder for t in TASKS}, folder, dev)
+    params_path = Path(params_path)
+    if not params_path.is_file():
+        raise UserError(f"{params_path}: params file not found; run from the project root, "
+                        "pass --params, or give the models folder with --models DIR")
+    return predictor_for(load_params(params_path), dev, params_path.parent)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a user error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available (use auto or cpu)")
+    return select_device(name)
+
+
+# ---------------------------------------------------------------- prediction
+
+
+def _exam_set(volumes: Sequence[np.ndarray], size: int, case_ids: list[str]) -> ExamSet:
+    """Volumes resized to ``size`` exactly as the prepare stage does, packed for a model."""
+    resized = [resize_volume(v, size) for v in volumes]
+    counts = torch.tensor([r.shape[0] for r in resized], dtype=torch.int64)
+    offsets = torch.cumsum(counts, 0) - counts
+    return ExamSet(torch.from_numpy(np.concatenate(resized)), offsets, counts, case_ids)
+
+
+def predict_volumes(predictor: Predictor, exams: Sequence[Mapping[str, np.ndarray]],
+                    case_ids: Sequence[str], exams_per_batch: int = 8) -> Prediction:
+    """Probabilities of exams held in memory.
+
+    Args:
+        predictor: the loaded models.
+        exams: one {plane: uint8 (S, H, W) volume} per exam.
+        case_ids: the exams' ids, for the result.
+        exams_per_batch: exams per forward pass.
+    """
+    ids = list(case_ids)
+    plane_probs: dict[tuple[str, str], np.ndarray] = {}
+    for plane in PLANES:
+        volumes = [e[plane] for e in exams]
+        by_size: dict[int, ExamSet] = {}
+        for task in TASKS:
+            size = predictor.image_size[task, plane]
+            if size not in by_size:  # the nine models usually share one resolution
+                by_size[size] = _exam_set(volumes, size, ids)
+            logits = predict_logits(predictor.models[task, plane], by_size[size],
+                                    predictor.device, exams_per_batch,
+                                    predictor.bf16[task, plane])
+            # The same float64 sigmoid as the extract stage.
+            plane_probs[task, plane] = torch.sigmoid(torch.from_numpy(logits).double()).numpy()
+    probs = {}
+    for task in TASKS:
+        ens = predictor.ensembles[task]
+        feats = np.stack([plane_probs[task, p] for p in ens["planes"]], axis=1)
+        probs[task] = ensemble_probs(ens, feats)
+    return Prediction(ids, plane_probs, probs)
+
+
+def load_case(case: CaseFiles) -> dict[str, np.ndarray]:
+    """The three series of a case, checked against the MRNet contract."""
+    out = {}
+    for plane in PLANES:
+        try:
+            out[plane] = load_series(case.paths[plane])
+        except DatasetError as exc:
+            raise UserError(f"case {case.case_id} ({plane}): {exc}") from None
+    return out
+
+
+def check_cases(cases: Sequence[CaseFiles]) -> None:
+    """Check every file's header, dtype, shape and length without reading its data."""
+    for case in cases:
+        for plane in PLANES:
+            try:
+                load_series(case.paths[plane], mmap=True)  # a too-short file fails to map
+            except DatasetError as exc:
+                raise UserError(f"case {case.case_id} ({plane}): {exc}") from None
+
+
+def predict_cases(predictor: Predictor, cases: Sequence[CaseFiles],
+                  exams_per_batch: int = 8) -> Prediction:
+    """Probabilities of exams on disk, read a chunk of cases at a time."""
+    parts = []
+    for start in range(0, len(cases), CASES_PER_CHUNK):
+        chunk = cases[start:start + CASES_PER_CHUNK]
+        parts.append(predict_volumes(predictor, [load_case(c) for c in chunk],
+                                     [c.case_id for c in chunk], exams_per_batch))
+        log.info("predicted %d/%d cases", start + len(chunk), len(cases))
+    keys = [(t, p) for t in TASKS for p in PLANES]
+    return Prediction(
+        [c.case_id for c in cases],
+        {k: np.concatenate([q.plane_probs[k] for q in parts]) for k in keys},
+        {t: np.concatenate([q.probs[t] for q in parts]) for t in TASKS})
+
+
+# ---------------------------------------------------------------- input forms
+
+
+def plane_of(path: Path) -> str | None:
+    """The plane a series path names: its parent folder, else its stem; None if neither."""
+    if path.parent.name in PLANES:
+        return path.parent.name
+    return path.stem if path.stem in PLANES else None
+
+
+def read_input_csv(path: str | Path) -> list[CaseFiles]:
+    """Parse an MRNet evaluation input: one path per line, three planes per case.
+
+    Returns:
+        The cases in order of their first line, each with all three planes.
+    Raises:
+        UserError: naming the line and case when a line is not one path, a path's folder is
+            not a plane, a case has a plane twice, or a case lacks a plane.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: input CSV not found")
+    cases: dict[str, dict[str, tuple[Path, int]]] = {}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            for row in reader:
+                line = reader.line_num
+                cells = [c.strip() for c in row if c.strip()]
+                if not cells:
+                    continue
+                if len(cells) != 1:
+                    raise UserError(f"{path}: line {line}: expected one .npy path per line, "
+                                    f"got {len(cells)} fields: {','.join(row)!r}")
+                series = Path(cells[0])
+                if series.parent.name not in PLANES:
+                    raise UserError(
+                        f"{path}: line {line}: {series}: cannot tell its plane; the file must "
+                        f"be in a folder named {', '.join(PLANES)} "
+                        f"(got {series.parent.name or '.'!r})")
+                plane, case_id = series.parent.name, series.stem
+                seen = cases.setdefault(case_id, {})
+                if plane in seen:
+                    first, first_line = seen[plane]
+                    raise UserError(f"{path}: line {line}: case {case_id} has a second "
+                                    f"{plane} series {series} (first: {first}, line "
+                                    f"{first_line}); each case needs one file per plane")
+                seen[plane] = (series, line)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    if not cases:
+        raise UserError(f"{path}: no .npy paths; expected one path per line, "
+                        "three lines per case")
+    out = []
+    for case_id, planes in cases.items():
+        missing = [p for p in PLANES if p not in planes]
+        if missing:
+            have = ", ".join(f"{p} (line {planes[p][1]})" for p in PLANES if p in planes)
+            raise UserError(f"{path}: case {case_id} has no {' or '.join(missing)} series "
+                            f"(it has {have}); each case needs {', '.join(PLANES)}")
+        out.append(CaseFiles(case_id, {p: planes[p][0] for p in PLANES}))
+    return out
+
+
+def exam_files(args: Sequence[str]) -> CaseFiles:
+    """The series of one exam from ``--exam`` (see the module docstring for the forms)."""
+    forms = ("a folder holding axial.npy, coronal.npy and sagittal.npy; a folder holding "
+             "axial/, coronal/ and sagittal/ with one .npy each; or three .npy paths in "
+             "folders named after their planes")
+    if len(args) == 1:
+        folder = Path(args[0])
+        if not folder.is_dir():
+            raise UserError(f"{folder}: not a folder; --exam takes {forms}")
+        named = {p: folder / f"{p}.npy" for p in PLANES}
+        if all(f.is_file() for f in named.values()):
+            return CaseFiles(folder.resolve().name, named)
+        if all((folder / p).is_dir() for p in PLANES):
+            found = {p: sorted((folder / p).glob("*.npy")) for p in PLANES}
+            for p, files in found.items():
+                if len(files) != 1:
+                    raise UserError(f"{folder / p}: holds {len(files)} .npy files; "
+                                    "--exam needs exactly one per plane folder")
+            paths = {p: found[p][0] for p in PLANES}
+            stems = {f.stem for f in paths.values()}
+            return CaseFiles(stems.pop() if len(stems) == 1 else folder.resolve().name, paths)
+        raise UserError(f"{folder}: no exam found; --exam takes {forms}")
+    if len(args) == 3:
+        paths: dict[str, Path] = {}
+        for arg in map(Path, args):
+            plane = plane_of(arg)
+            if plane is None:
+                raise UserError(f"{arg}: cannot tell its plane; --exam takes {forms}")
+            if plane in paths:
+                raise UserError(f"{arg}: a second {plane} series (first: {paths[plane]})")
+            paths[plane] = arg
+        stems = {f.stem for f in paths.values()} - set(PLANES)
+        case_id = stems.pop() if len(stems) == 1 else Path(args[0]).resolve().parent.name
+        return CaseFiles(case_id, {p: paths[p] for p in PLANES})
+    raise UserError(f"--exam got {len(args)} paths; it takes {forms}")
+
+
+# ---------------------------------------------------------------- output
+
+
+def write_output(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically; an unwritable path is a user error, not a traceback."""
+    try:
+        write_text(path, text)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def write_output_csv(path: str | Path, table: np.ndarray) -> None:
+    """Write the evaluation output (one ``abnormal,acl,meniscus`` row per case) atomically."""
+    write_output(path, "".join(",".join(f"{v:.8f}" for v in row) + "\n" for row in table))
+
+
+def exam_report(predictor: Predictor, prediction: Prediction, index: int = 0,
+                paths: Mapping[str, Path] | None = None) -> dict[str, Any]:
+    """One exam's probabilities and each plane's term in each ensemble, as a JSON-able dict."""
+    tasks = {}
+    for task in TASKS:
+        ens = predictor.ensembles[task]
+        planes = {}
+        for plane in PLANES:
+            prob = float(prediction.plane_probs[task, plane][index])
+            coef = float(ens["coef"][plane])
+            planes[plane] = {"prob": prob, "coef": coef, "contribution": coef * prob}
+        tasks[task] = {"prob": float(prediction.probs[task][index]),
+                       "intercept": float(ens["intercept"]), "planes": planes}
+    report: dict[str, Any] = {"case_id": prediction.case_ids[index], "tasks": tasks}
+    if paths is not None:
+        report["files"] = {p: str(paths[p]) for p in PLANES}
+    return report
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The exam report as a small text table."""
+    head = f"{'task':<10}{'prob':>8}" + "".join(f"{p:>20}" for p in PLANES) + f"{'intercept':>11}"
+    lines = [f"exam {report['case_id']}", head]
+    for task, r in report["tasks"].items():
+        cells = "".join(f"{c['prob']:>10.4f} ({c['contribution']:+7.3f})"
+                        for c in r["planes"].values())
+        lines.append(f"{task:<10}{r['prob']:>8.4f}{cells}{r['intercept']:>+11.3f}")
+    lines.append("prob: ensemble probability. Plane columns: that plane CNN's probability and "
+                 "(coef x prob), its term in the ensemble logit = intercept + sum of terms.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (its help is the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mrnet.predict", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input_csv", nargs="?", help="MRNet input: one .npy path per line")
+    parser.add_argument("output_csv", nargs="?", help="where to write abnormal,acl,meniscus rows")
+    parser.add_argument("--exam", nargs="+", metavar="PATH",
+                        help="one exam: a folder or three .npy paths (see above)")
+    parser.add_argument("--json", metavar="OUT", help="with --exam: write the report as JSON "
+                        "(- for stdout) instead of printing the table")
+    parser.add_argument("--viewer", metavar="OUT.html",
+                        help="with --exam: write a self-contained HTML viewer with CAM overlays")
+    parser.add_argument("--task", choices=TASKS, default=ViewerConfig.task,
+                        help="with --viewer: the task whose CAM is shown first "
+                             "(default %(default)s)")
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file naming train.out and ensemble.out "
+                             "(default %(default)s)")
+    parser.add_argument("--models", metavar="DIR",
+                        help="folder with the nine {task}-{plane}.pt and three "
+                             "ensemble-{task}.json (instead of the params file's)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when present (default)")
+    parser.add_argument("--batch", type=int, default=8, metavar="N",
+                        help="exams per forward pass (default %(default)s)")
+    return parser
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error("--batch must be at least 1")
+    if args.exam is not None:
+        if args.input_csv is not None:
+            parser.error("give either INPUT_CSV OUTPUT_CSV or --exam, not both")
+        run_exam(args)
+        return
+    if args.input_csv is None or args.output_csv is None:
+        parser.error("give INPUT_CSV and OUTPUT_CSV (or --exam for one exam)")
+    if args.json or args.viewer:
+        parser.error("--json and --viewer go with --exam")
+    # Everything a user can get wrong is checked before the models run.
+    if Path(args.output_csv).is_dir():
+        raise UserError(f"{args.output_csv}: is a folder; OUTPUT_CSV must be a file path")
+    cases = read_input_csv(args.input_csv)
+    check_cases(cases)
+    predictor = predictor_from_args(args.params, args.models, args.device)
+    log.info("predicting %d cases from %s on %s", len(cases), args.input_csv, predictor.device)
+    prediction = predict_cases(predictor, cases, args.batch)
+    write_output_csv(args.output_csv, prediction.table())
+    log.info("wrote %d rows (abnormal,acl,meniscus) to %s", len(cases), args.output_csv)
+
+
+def run_exam(args: argparse.Namespace) -> None:
+    """The ``--exam`` form: table or JSON, and optionally the viewer."""
+    case = exam_files(args.exam)
+    check_cases([case])
+    predictor = predictor_from_args(args.params, args.models, args.device)
+    volumes = load_case(case)
+    prediction = predict_volumes(predictor, [volumes], [case.case_id], args.batch)
+    report = exam_report(predictor, prediction, 0, case.paths)
+    if args.viewer:
+        from mrnet.viewer import exam_viewer  # the viewer pulls in CAMs and image encoding
+
+        write_output(args.viewer, exam_viewer(predictor, case.case_id, volumes, report,
+                                              args.task))
+        log.info("viewer of exam %s -> %s", case.case_id, args.viewer)
+    if args.json == "-":
+        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    elif args.json:
+        write_output(args.json, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        log.info("report of exam %s -> %s", case.case_id, args.json)
+    else:
+        sys.stdout.write(format_report(report) + "\n")
+
+
+if __name__ == "__main__":
+    main()

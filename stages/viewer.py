@@ -1,0 +1,45 @@
+"""Stage viewer: self-contained HTML viewers of the first ``viewer.n_exams`` valid exams.
+
+Writes ``{viewer.out}/{case_id}.html`` for the valid exams of ``data.root`` in case-id order:
+the three planes' slices with sliders, each task's CAM overlay, the ensemble and per-plane
+probabilities from the trained models, and the reference labels. Open them from disk.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mrnet import PLANES
+from mrnet.config import load_params
+from mrnet.data import list_exams, load_series
+from mrnet.errors import cli
+from mrnet.predict import exam_report, predict_volumes, predictor_for
+from mrnet.train import select_device
+from mrnet.viewer import exam_viewer, write_pages
+
+log = logging.getLogger("stages.viewer")
+
+
+@cli
+def main() -> None:
+    params = load_params()
+    cfg = params.viewer
+    exams = list_exams(params.data.root, "valid")[:cfg.n_exams]
+    log.info("viewer: %d valid exams of %s, first task %s -> %s", len(exams), params.data.root,
+             cfg.task, cfg.out)
+    predictor = predictor_for(params, select_device(params.train.device))
+    volumes = [{p: load_series(e.paths[p]) for p in PLANES} for e in exams]
+    prediction = predict_volumes(predictor, volumes, [e.case_id for e in exams])
+    pages = {}
+    for i, exam in enumerate(exams):
+        report = exam_report(predictor, prediction, i, exam.paths)
+        pages[exam.case_id] = exam_viewer(predictor, exam.case_id, volumes[i], report, cfg.task,
+                                          exam.labels)
+        log.info("exam %s: %s", exam.case_id,
+                 ", ".join(f"{t} {r['prob']:.3f}" for t, r in report["tasks"].items()))
+    write_pages(cfg.out, pages)
+    log.info("wrote %d viewers to %s", len(pages), cfg.out)
+
+
+if __name__ == "__main__":
+    main()
