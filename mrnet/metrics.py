@@ -12,13 +12,10 @@ a made-up 0.5.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import zlib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve

@@ -6,7 +6,6 @@ labels, DVCLive, checkpoint and resume files).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
