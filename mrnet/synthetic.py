@@ -16,9 +16,12 @@ local structures:
 - meniscal tear: a bright cleft in a meniscal horn, clear in sagittal and coronal, faint in axial.
 
 So that a model must learn shapes and places, not global brightness, per-series nuisance
-(intensity gain and offset, bias field, noise level, effusion volume, a random number of benign
-bright spots in soft tissue) dominates each volume's global statistics; the test suite checks
-that a logistic regression on per-volume mean/std and slice counts stays near chance.
+(intensity gain and offset, bias field, noise level, effusion volume) dominates each volume's
+global statistics, and every exam has a random number of benign bright spots and bursae in the
+soft tissue, as bright as a lesion and up to a lesion's size, so neither the mean nor the bright
+tail of the histogram gives a finding away. The test suite checks that a logistic regression on
+per-volume statistics (mean, std, slice count; also median, 99th percentile and max) stays near
+chance.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -50,19 +53,21 @@ MRNET_VALID_START = 1130
 # How strongly each finding shows in each plane's sequence (alpha of the lesion paint).
 VISIBILITY: dict[str, dict[str, float]] = {
     "oedema": {"axial": 0.9, "coronal": 1.0, "sagittal": 1.0},
-    "acl": {"axial": 0.3, "coronal": 0.6, "sagittal": 1.0},
+    "acl": {"axial": 0.3, "coronal": 0.85, "sagittal": 1.0},
     "meniscus": {"axial": 0.35, "coronal": 0.9, "sagittal": 1.0},
 }
 
-# Tissue intensities in [0, 1] per plane: each plane is a different sequence, as in MRNet
-# (sagittal fluid-sensitive with fat suppressed, coronal T1-like, axial proton-density-like).
+# Tissue intensities in [0, 1] per plane: each plane is its own sequence, as in MRNet, and the
+# fat-suppressed sagittal one makes fluid stand out most. Lesions are the brightest tissue in
+# every plane; at 64 px and ~30 positives a from-scratch CNN does not pick up lesions that are
+# only a little brighter than the fat or fluid around them.
 TISSUE: dict[str, dict[str, float]] = {
-    "sagittal": dict(fat=0.32, muscle=0.28, marrow=0.30, cortex=0.05, fluid=0.80,
-                     ligament=0.07, meniscus=0.05, vessel=0.60, spot=0.78, lesion=0.95),
-    "coronal": dict(fat=0.75, muscle=0.33, marrow=0.58, cortex=0.06, fluid=0.45,
-                    ligament=0.09, meniscus=0.06, vessel=0.50, spot=0.85, lesion=0.97),
-    "axial": dict(fat=0.70, muscle=0.35, marrow=0.52, cortex=0.06, fluid=0.65,
-                  ligament=0.10, meniscus=0.06, vessel=0.55, spot=0.85, lesion=0.95),
+    "sagittal": dict(fat=0.32, muscle=0.28, marrow=0.30, cortex=0.05, fluid=0.55,
+                     ligament=0.07, meniscus=0.05, vessel=0.50, spot=0.90, lesion=1.0),
+    "coronal": dict(fat=0.48, muscle=0.30, marrow=0.40, cortex=0.06, fluid=0.50,
+                    ligament=0.08, meniscus=0.06, vessel=0.45, spot=0.90, lesion=1.0),
+    "axial": dict(fat=0.50, muscle=0.33, marrow=0.42, cortex=0.06, fluid=0.55,
+                  ligament=0.09, meniscus=0.06, vessel=0.50, spot=0.90, lesion=1.0),
 }
 
 # Half-extent of each series along its slice axis, in field-of-view units ([-1, 1] in-plane):
@@ -114,7 +119,7 @@ def draw_labels(n: int, rng: np.random.Generator, split: str = "train") -> dict[
 
 def case_ids(cfg: SynthesizeConfig) -> dict[str, list[str]]:
     """The 4-digit case ids of each split: train from 0000, valid from 1130 (or after train)."""
-    valid_start = MRNET_VALID_START if cfg.n_train <= MRNET_VALID_START else cfg.n_train
+    valid_start = max(MRNET_VALID_START, cfg.n_train)
     return {
         "train": [f"{i:04d}" for i in range(cfg.n_train)],
         "valid": [f"{i:04d}" for i in range(valid_start, valid_start + cfg.n_valid)],
@@ -140,23 +145,41 @@ def _ramp(f: np.ndarray, edge: float) -> np.ndarray:
     return np.clip(0.5 - f / edge, 0.0, 1.0)
 
 
+# Field parameters are cast to Python floats: a numpy float64 scalar would promote the
+# float32 coordinate arrays to float64 and double the rendering time.
+
+
 def _ellipsoid(c: Vec, r: Vec) -> Field:
+    cx, cy, cz = map(float, c)
+    rx, ry, rz = map(float, r)
+    s = min(rx, ry, rz)
+
     def f(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        n = np.sqrt(((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2
-                    + ((z - c[2]) / r[2]) ** 2)
-        return (n - 1.0) * min(r)
+        n = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2)
+        return (n - 1.0) * s
+    return f
+
+
+def _cylinder(rx: float, ry: float) -> Field:
+    """An elliptic cylinder along z through the origin (the leg)."""
+    rx, ry = float(rx), float(ry)
+    s = min(rx, ry)
+
+    def f(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return (np.sqrt((x / rx) ** 2 + (y / ry) ** 2) - 1.0) * s
     return f
 
 
 def _capsule(a: Vec, b: Vec, radius: float) -> Field:
-    a_, b_ = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    d = b_ - a_
-    dd = float(d @ d)
+    ax, ay, az = map(float, a)
+    dx, dy, dz = (float(q - p) for p, q in zip(a, b))
+    dd = dx * dx + dy * dy + dz * dz
+    radius = float(radius)
 
     def f(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        px, py, pz = x - a_[0], y - a_[1], z - a_[2]
-        t = np.clip((px * d[0] + py * d[1] + pz * d[2]) / dd, 0.0, 1.0)
-        return np.sqrt((px - t * d[0]) ** 2 + (py - t * d[1]) ** 2 + (pz - t * d[2]) ** 2) - radius
+        px, py, pz = x - ax, y - ay, z - az
+        t = np.clip((px * dx + py * dy + pz * dz) / dd, 0.0, 1.0)
+        return np.sqrt((px - t * dx) ** 2 + (py - t * dy) ** 2 + (pz - t * dz) ** 2) - radius
     return f
 
 
@@ -171,6 +194,8 @@ def _union(*fields: Field) -> Field:
 
 def _meniscus(cx: float, cy: float, rx: float, ry: float, z0: float, height: float) -> Field:
     """A C-shaped wedge ring: thin at its inner rim, ``height`` tall at its outer rim."""
+    cx, cy, rx, ry, z0, height = map(float, (cx, cy, rx, ry, z0, height))
+
     def f(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         rho = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
         top = z0 + height * np.clip((rho - 0.5) / 0.5, 0.0, 1.0)
@@ -190,16 +215,15 @@ class _Shape:
 
 @dataclass
 class _Layer:
-    """Paint ``value`` (a tissue name) with alpha ``ramp(shape)`` times ``alpha``.
-
-    ``inside`` (optional) restricts the paint to the inside of another shape, offset inward by
-    ``inset`` (e.g. oedema only within marrow).
+    """Paint tissues into ``shape``: each band ``(inset, tissue)`` fills the shape shrunk by
+    ``inset``, in order (e.g. cortex, then marrow one cortex thickness inside), with opacity
+    ``alpha``. ``inside`` (optional) clips the paint to another shape shrunk by
+    ``inside_inset`` (oedema only within marrow). One field evaluation serves all bands.
     """
 
     shape: _Shape
-    tissue: str
+    bands: tuple[tuple[float, str], ...]
     alpha: float = 1.0
-    inset: float = 0.0
     inside: _Shape | None = None
     inside_inset: float = 0.0
 
@@ -232,76 +256,102 @@ def _draw_knee(rng: np.random.Generator, labels: dict[str, int]) -> _Knee:
                  scale=float(u(1.08, 1.36)))
     L = knee.layers
 
-    def add(shape: _Shape, tissue: str, **kw) -> int:
-        L.append(_Layer(shape, tissue, **kw))
+    def add(shape: _Shape, tissue: str | tuple[tuple[float, str], ...], **kw) -> int:
+        bands = ((0.0, tissue),) if isinstance(tissue, str) else tissue
+        L.append(_Layer(shape, bands, **kw))
         return len(L) - 1
 
-    # Leg: subcutaneous fat around muscle (long ellipsoids act as cylinders along z).
+    # Leg: subcutaneous fat around muscle.
     lrx, lry = u(0.66, 0.78), u(0.6, 0.72)
     fat_t = u(0.05, 0.12)
-    add(_Shape(_ellipsoid((0, 0, 0), (lrx, lry, 6.0)), (0, 0, 0), 9.0), "fat")
-    add(_Shape(_ellipsoid((0, 0, 0), (lrx - fat_t, lry - fat_t, 6.0)), (0, 0, 0), 9.0), "muscle")
+    add(_Shape(_cylinder(lrx, lry), (0, 0, 0), 9.0), ((0.0, "fat"), (fat_t, "muscle")))
 
-    # Benign bright spots in soft tissue (veins, fat lobules, small cysts): random count and
-    # size in every exam, so total brightness says nothing about findings.
-    for _ in range(rng.poisson(3.0)):
-        ang, rad = u(0, 2 * np.pi), u(0.55, 0.9)
+    # Small benign bright spots in soft tissue (veins, small cysts) in random number: as bright
+    # as a lesion, so neither total brightness nor the brightest voxel tells a finding apart,
+    # but small, so size and place still do.
+    for _ in range(rng.poisson(4.0)):
+        ang, rad = u(0, 2 * np.pi), u(0.5, 0.9)
         c = (rad * lrx * np.cos(ang), rad * lry * np.sin(ang), u(-0.7, 0.7))
-        r = tuple(u(0.03, 0.11, 3))
+        r = tuple(u(0.025, 0.06, 3))
+        add(_Shape(_ellipsoid(c, r), c, max(r)), "spot")
+    # Fluid-filled bursae near the skin, as bright as a lesion and of a lesion's size, in
+    # random number: without them the volume of bright voxels (a high percentile) would give
+    # the findings away.
+    for _ in range(rng.poisson(2.5)):
+        ang, rad = u(0, 2 * np.pi), u(0.72, 0.92)
+        c = (rad * lrx * np.cos(ang), rad * lry * np.sin(ang), u(-0.6, 0.6))
+        r = tuple(u(0.07, 0.18, 3))
         add(_Shape(_ellipsoid(c, r), c, max(r)), "spot")
     # Popliteal vessel behind the joint.
     vx, vy = u(-0.08, 0.08), u(-0.52, -0.42)
     vr = u(0.035, 0.06)
-    add(_Shape(_capsule((vx, vy, 1.2), (vx + u(-0.05, 0.05), vy + u(-0.05, 0.05), -1.2), vr),
-               (vx, vy, 0.0), 1.3), "vessel")
+    add(_Shape(_ellipsoid((vx, vy, 0.0), (vr, vr, 6.0)), (vx, vy, 0.0), 9.0), "vessel")
 
     # Joint effusion and suprapatellar pouch; volume varies a lot between knees.
     eff = u(0.5, 1.15)
     c = (0.0, 0.05, 0.04)
-    r = (0.5 * eff, 0.42 * eff, 0.22 * eff)
+    r = (0.5 * eff, 0.42 * eff, 0.15 * eff)
     add(_Shape(_ellipsoid(c, r), c, max(r)), "fluid")
     c = (0.0, 0.36, 0.42)
     r = (0.28 * eff, 0.07 * eff, 0.22 * eff)
     add(_Shape(_ellipsoid(c, r), c, max(r)), "fluid")
 
-    # Menisci: medial (x < 0) and lateral wedges in the joint space, painted under the bones.
+    # Bone, meniscus and ligament sizes.
     cond_x = u(0.19, 0.24)
     cond_r = (u(0.17, 0.2), u(0.28, 0.34), u(0.18, 0.22))
     z_tib = -0.07
-    men = []
-    for side in (-1.0, 1.0):
+    men_h = u(0.12, 0.16, 2)
+    cort = u(0.025, 0.04)
+    shaft_r = u((0.24, 0.22, 0.42, 0.3, 0.22, 0.2), (0.28, 0.26, 0.47, 0.34, 0.26, 0.24))
+    pc = (0.0, u(0.46, 0.52), u(0.22, 0.3))
+    pr = (u(0.15, 0.19), u(0.07, 0.09), u(0.14, 0.17))
+    lig_r = u(0.045, 0.055)
+
+    # Lesion parameters are drawn for every exam, whatever its labels, so the same case id
+    # gives the same knee with or without a finding.
+    men_tear = dict(amp=u(0.75, 1.0), side=-1.0 if u() < 0.7 else 1.0,
+                    horn=-1.0 if u() < 0.75 else 1.0,
+                    dx=u(-0.04, 0.04), dy=u(0.7, 0.85), dz=u(0.02, 0.05),
+                    r=tuple(u((0.12, 0.09, 0.045), (0.16, 0.12, 0.06))),
+                    cyst_dx=u(-0.06, 0.06), cyst_r=tuple(u(0.08, 0.11, 3)))
+    acl_tear = dict(amp=u(0.6, 1.0), t0=u(0.15, 0.4), t1=u(0.6, 0.85), r=u(0.065, 0.1))
+    oed = dict(amp=u(0.6, 1.0), bruise=u() < P_OEDEMA_WITH_TEAR, femur=u() < 0.55,
+               side=-1.0 if u() < 0.5 else 1.0, dx=u(-0.05, 0.05), y=u(-0.15, 0.15),
+               z_fem=u(0.1, 0.22), z_tib=u(-0.3, -0.16), r=tuple(u(0.12, 0.19, 3)))
+
+    # Menisci: medial (x < 0) and lateral wedges in the joint space, painted under the bones.
+    for k, side in enumerate((-1.0, 1.0)):
         c = (side * cond_x, -0.02, z_tib)
-        shp = _Shape(_meniscus(c[0], c[1], cond_r[0] * 1.05, cond_r[1] * 1.05, z_tib - 0.02,
-                               u(0.12, 0.16)), c, 0.4)
-        men.append(shp)
-        add(shp, "meniscus")
-    if labels["meniscus"]:
-        # A bright cleft in a horn (posterior horn of the medial meniscus most often).
-        side = -1.0 if u() < 0.7 else 1.0
-        horn = -1.0 if u() < 0.75 else 1.0
-        c = (side * cond_x + u(-0.04, 0.04), -0.02 + horn * cond_r[1] * u(0.7, 0.85),
-             z_tib + u(0.02, 0.05))
-        r = (u(0.08, 0.11), u(0.07, 0.1), u(0.05, 0.07))
-        i = add(_Shape(_ellipsoid(c, r), c, max(r)), "lesion")
-        knee.findings[i] = "meniscus"
+        add(_Shape(_meniscus(c[0], c[1], cond_r[0] * 1.05, cond_r[1] * 1.05, z_tib - 0.02,
+                             men_h[k]), c, 0.4), "meniscus")
 
     # Bones: cortex (dark rim) then marrow (inset by the cortex thickness).
-    cort = u(0.025, 0.04)
     femur = _Shape(_union(
         _ellipsoid((-cond_x, -0.02, 0.2), cond_r),
         _ellipsoid((cond_x, -0.02, 0.2), cond_r),
-        _ellipsoid((0, -0.02, 0.95), (u(0.24, 0.28), u(0.22, 0.26), 0.8)),
+        _ellipsoid((0, -0.02, 0.95), (shaft_r[0], shaft_r[1], 0.8)),
     ), (0, 0, 0.6), 1.0)
     tibia = _Shape(_union(
-        _ellipsoid((0, 0.0, -0.32), (u(0.42, 0.47), u(0.3, 0.34), 0.25)),
-        _ellipsoid((0, -0.02, -1.0), (u(0.22, 0.26), u(0.2, 0.24), 0.8)),
+        _ellipsoid((0, 0.0, -0.32), (shaft_r[2], shaft_r[3], 0.25)),
+        _ellipsoid((0, -0.02, -1.0), (shaft_r[4], shaft_r[5], 0.8)),
     ), (0, 0, -0.7), 1.0)
-    pc = (0.0, u(0.46, 0.52), u(0.22, 0.3))
-    pr = (u(0.15, 0.19), u(0.07, 0.09), u(0.14, 0.17))
     patella = _Shape(_ellipsoid(pc, pr), pc, max(pr))
     for bone in (femur, tibia, patella):
-        add(bone, "cortex")
-        add(bone, "marrow", inset=cort)
+        add(bone, ((0.0, "cortex"), (cort, "marrow")))
+
+    if labels["meniscus"]:
+        # A bright horizontal cleft through a horn (posterior horn of the medial meniscus most
+        # often), painted over the bone edges so it stays a few pixels tall at 64 px, and the
+        # fluid it lets out: a parameniscal cyst at the horn's outer rim.
+        m = men_tear
+        cx, cy = m["side"] * cond_x, -0.02 + m["horn"] * cond_r[1] * m["dy"]
+        c = (cx + m["dx"], cy, z_tib + m["dz"])
+        i = add(_Shape(_ellipsoid(c, m["r"]), c, max(m["r"])), "lesion", alpha=m["amp"])
+        knee.findings[i] = "meniscus"
+        c = (cx + m["cyst_dx"], -0.02 + m["horn"] * cond_r[1] * 1.12, z_tib + 0.03)
+        i = add(_Shape(_ellipsoid(c, m["cyst_r"]), c, max(m["cyst_r"])), "lesion",
+                alpha=m["amp"])
+        knee.findings[i] = "meniscus"
 
     # Intercondylar notch (fat) carved out of the femur, then the cruciate ligaments and the
     # patellar tendon, with Hoffa's fat pad behind the tendon.
@@ -313,29 +363,32 @@ def _draw_knee(rng: np.random.Generator, labels: dict[str, int]) -> _Knee:
     add(_Shape(_ellipsoid(c, r), c, max(r)), "fat")
     add(_Shape(_capsule((0, pc[1] + 0.02, pc[2] - pr[2]), (0, 0.3, -0.38), 0.035),
                (0, 0.4, 0), 0.45), "ligament")
-    lig_r = u(0.045, 0.055)
     acl_a = (0.04, -0.16, 0.17)
     acl_b = (-0.02, 0.1, -0.06)
     add(_Shape(_capsule(acl_a, acl_b, lig_r), (0.01, -0.03, 0.05), 0.25), "ligament")
     add(_Shape(_capsule((-0.04, 0.08, 0.17), (0.0, -0.22, -0.1), lig_r * 1.2),
                (-0.02, -0.07, 0.03), 0.25), "ligament")
     if labels["acl"]:
-        # The torn middle of the ACL filled with fluid.
-        t = u(0.35, 0.65)
-        c = tuple(a + t * (b - a) for a, b in zip(acl_a, acl_b))
-        r = (u(0.09, 0.12), u(0.09, 0.12), u(0.09, 0.12))
-        i = add(_Shape(_ellipsoid(c, r), c, max(r)), "lesion")
+        # The torn middle of the ACL replaced by a thicker streak of fluid along its course.
+        t0, t1 = acl_tear["t0"], acl_tear["t1"]
+        a = tuple(p + t0 * (q - p) for p, q in zip(acl_a, acl_b))
+        b = tuple(p + t1 * (q - p) for p, q in zip(acl_a, acl_b))
+        c = tuple((p + q) / 2 for p, q in zip(a, b))
+        half = float(np.linalg.norm(np.subtract(b, a))) / 2
+        i = add(_Shape(_capsule(a, b, acl_tear["r"]), c, half + acl_tear["r"]), "lesion",
+                alpha=acl_tear["amp"])
         knee.findings[i] = "acl"
 
     # Bone marrow oedema: obligatory for abnormal exams without a tear (so "abnormal" has a
     # finding), a frequent bone bruise with a tear.
     tear = labels["acl"] or labels["meniscus"]
-    if labels["abnormal"] and (not tear or u() < P_OEDEMA_WITH_TEAR):
-        bone = femur if u() < 0.55 else tibia
-        cz = u(0.1, 0.22) if bone is femur else u(-0.3, -0.16)
-        c = (float(rng.choice([-1.0, 1.0])) * cond_x + u(-0.05, 0.05), u(-0.15, 0.15), cz)
-        r = tuple(u(0.12, 0.19, 3))
-        i = add(_Shape(_ellipsoid(c, r), c, max(r)), "lesion", inside=bone, inside_inset=cort)
+    if labels["abnormal"] and (not tear or oed["bruise"]):
+        bone = femur if oed["femur"] else tibia
+        c = (oed["side"] * cond_x + oed["dx"], oed["y"],
+             oed["z_fem"] if oed["femur"] else oed["z_tib"])
+        r = oed["r"]
+        i = add(_Shape(_ellipsoid(c, r), c, max(r)), "lesion", alpha=oed["amp"], inside=bone,
+                inside_inset=cort)
         knee.findings[i] = "oedema"
     return knee
 
@@ -394,16 +447,21 @@ def _render_plane(knee: _Knee, plane: str, n_slices: int, size: int,
         if any(b.stop <= b.start for b in box):
             continue
         x, y, z = (np.broadcast_to(qi, shape)[box] for qi in q)
-        alpha = _ramp(layer.shape.field(x, y, z) + layer.inset, edge)
+        f = layer.shape.field(x, y, z)
+        clip = None
         if layer.inside is not None:
-            alpha *= _ramp(layer.inside.field(x, y, z) + layer.inside_inset, edge)
+            clip = _ramp(layer.inside.field(x, y, z) + layer.inside_inset, edge)
         a = layer.alpha
         if i in knee.findings:
             a *= VISIBILITY[knee.findings[i]][plane]
-        if a != 1.0:
-            alpha *= a
-        sub = img[box]
-        sub += alpha * (tissue[layer.tissue] - sub)
+        sub = img[box]  # a view: painting it paints img
+        for inset, name in layer.bands:
+            alpha = _ramp(f + inset, edge)
+            if clip is not None:
+                alpha *= clip
+            if a != 1.0:
+                alpha *= np.float32(a)
+            sub += alpha * (tissue[name] - sub)
 
     # Acquisition nuisance per series: coil bias field, gain, offset and noise level.
     u = rng.uniform
