@@ -10,8 +10,8 @@ import torch
 from mrnet.config import Params
 from mrnet.engine import predict_logits
 from mrnet.probs import write_probs
-from mrnet.train import (load_checkpoint, load_exam_set, select_device, tune_case_ids,
-                         use_bf16)
+from mrnet.train import (fast_layout, load_checkpoint, load_exam_set, select_device,
+                         tune_case_ids, use_bf16)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ def extract_probs(params: Params, task: str, plane: str) -> Path:
     device = select_device(cfg.device)
     model, ckpt = load_checkpoint(Path(cfg.out) / f"{task}-{plane}.pt", device)
     bf16 = use_bf16(cfg.precision, device)
+    fast_layout(model, device, bf16)
     case_ids, splits, labels, probs = [], [], [], []
     for split in ("train", "valid"):
         data = load_exam_set(params.prepare.out, params.data.root, plane, split, task, device)

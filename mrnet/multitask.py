@@ -25,7 +25,8 @@ from mrnet.errors import DatasetError
 from mrnet.model import MRNetConfig, MultitaskMRNet, normalize, scale_volumes, standardize
 from mrnet.probs import write_probs
 from mrnet.train import (EpochFn, derive_seed, fingerprint, labels_for, load_exam_set,
-                         run_training, select_device, tune_case_ids, use_bf16)
+                         fast_layout, run_training, select_device, tune_case_ids,
+                         use_bf16)
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ def train_multitask(params: Params, *, stop_after: int | None = None,
     torch.manual_seed(seed)
     model_cfg = MRNetConfig(params.model.backbone, params.model.slice_pool)
     model = MultitaskMRNet(model_cfg, PLANES, len(TASKS), params.model.pretrained).to(device)
+    fast_layout(model, device, bf16)
 
     def make_epoch(generator: torch.Generator,
                    optimizer: torch.optim.Optimizer) -> tuple[EpochFn, Callable[[], dict]]:

@@ -62,7 +62,7 @@ from mrnet.errors import DatasetError, UserError, cli
 from mrnet.io import write_text
 from mrnet.model import MRNet
 from mrnet.prepare import resize_volume
-from mrnet.train import load_checkpoint, select_device, use_bf16
+from mrnet.train import fast_layout, load_checkpoint, select_device, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,7 @@ def load_predictor(checkpoints: Mapping[str, Path], ensembles: Path,
                             f"expected {task}-{plane}")
         models[task, plane], sizes[task, plane] = model, size
         bf16[task, plane] = use_bf16(precision, device)
+        fast_layout(model, device, bf16[task, plane])
     ensembles_ = {t: _read_ensemble(p) for t, p in ens_paths.items()}
     return Predictor(models, sizes, bf16, ensembles_, device)
 
