@@ -53,3 +53,15 @@ def test_bench_rejects_bad_flags() -> None:
     proc = run_bench("--slices-min", "9", "--slices-max", "3")
     assert proc.returncode == 2
     assert "--slices-min <= --slices-max" in proc.stderr
+
+
+def test_backbone_bench_reports_each_backbone() -> None:
+    proc = subprocess.run([sys.executable, str(PROJECT / "benchmarks" / "bench_backbones.py"),
+                           "--size", "64", "--slices", "2", "--repeats", "1",
+                           "--backbones", "alexnet,resnet18"],
+                          cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[2:]}
+    assert set(rows) == {"alexnet", "resnet18"}
+    assert rows["alexnet"][1] == "256" and rows["resnet18"][1] == "512"
+    assert float(rows["alexnet"][2]) > 0 and float(rows["alexnet"][3]) > 0
