@@ -52,6 +52,12 @@ def set_params(repo: Path, updates: dict) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def restore(repo: Path) -> None:
+    """Back to the committed baseline: params, lock file and the outputs they describe."""
+    run(repo, "git", "checkout", "--", "params.yaml", "dvc.lock")
+    run(repo, "dvc", "checkout", "-q", "--force")
+
+
 def ran_stages(log: str) -> set[str]:
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
 
@@ -92,7 +98,7 @@ def test_repro_produces_models_metrics_and_plots(repo: Path) -> None:
             assert (repo / "dvclive" / f"{task}-{plane}" / "metrics.json").is_file()
     metrics = json.loads((repo / "metrics" / "metrics.json").read_text())
     for task in TASKS:
-        for model in (*PLANES, "ensemble"):
+        for model in (*PLANES, "ensemble", "multitask"):
             auc = metrics[task][model]["auc"]
             assert 0.0 <= auc <= 1.0, (task, model, auc)
             assert (repo / "plots" / "roc" / task / f"{model}.csv").is_file()
@@ -112,8 +118,7 @@ def test_evaluate_param_reruns_only_evaluate(repo: Path) -> None:
     status = run(repo, "dvc", "status").stdout
     assert "evaluate:" in status and "train@" not in status and "ensemble@" not in status
     assert ran_stages(run(repo, "dvc", "repro").stdout) == {"evaluate"}
-    run(repo, "git", "checkout", "params.yaml")
-    run(repo, "dvc", "checkout", "-q")
+    restore(repo)
 
 
 def test_task_param_reruns_only_that_task(repo: Path) -> None:
@@ -127,8 +132,7 @@ def test_task_param_reruns_only_that_task(repo: Path) -> None:
     assert "task.acl.lr" in params_diff
     metrics_diff = run(repo, "dvc", "metrics", "diff").stdout
     assert "acl" in metrics_diff
-    run(repo, "git", "checkout", "params.yaml")
-    run(repo, "dvc", "checkout", "-q")
+    restore(repo)
 
 
 def test_external_data_root_is_read_never_written(repo: Path, tmp_path: Path) -> None:
@@ -138,12 +142,23 @@ def test_external_data_root_is_read_never_written(repo: Path, tmp_path: Path) ->
     before = digest_tree(external)
     # The stages that read the dataset (later ones read only the prepared cache).
     set_params(repo, {"data": {"root": str(external)}})
-    ran = ran_stages(run(repo, "dvc", "repro", "prepare").stdout)
+    ran = ran_stages(run(repo, "dvc", "repro", "synthesize", "prepare").stdout)
     assert {"synthesize", "validate", "prepare@axial"} <= ran
     assert digest_tree(external) == before
     dataset = json.loads((repo / "metrics" / "dataset.json").read_text())
     assert dataset["train"]["exams"] == 12 and dataset["valid"]["exams"] == 8
     # nothing synthetic was generated for this run
     assert not list((repo / "data" / "synthetic").rglob("*.npy"))
-    run(repo, "git", "checkout", "params.yaml")
-    run(repo, "dvc", "checkout", "-q")
+    restore(repo)
+
+
+def test_multitask_off_removes_its_cost_and_entries(repo: Path) -> None:
+    set_params(repo, {"multitask": {"enabled": False}})
+    ran = ran_stages(run(repo, "dvc", "repro").stdout)
+    assert ran == {"train_multitask", "evaluate"}
+    metrics = json.loads((repo / "metrics" / "metrics.json").read_text())
+    assert "multitask" not in metrics["mean_auc"]
+    assert all("multitask" not in metrics[t] for t in TASKS)
+    assert not list((repo / "plots" / "roc").rglob("multitask.csv"))
+    assert not (repo / "models" / "multitask" / "model.pt").exists()
+    restore(repo)
