@@ -53,8 +53,9 @@ def set_params(repo: Path, updates: dict) -> None:
 
 
 def restore(repo: Path) -> None:
-    """Back to the committed baseline: params, lock file and the outputs they describe."""
-    run(repo, "git", "checkout", "--", "params.yaml", "dvc.lock")
+    """Back to the committed baseline: params, lock file, git-tracked outputs (metrics, plots,
+    learning curves) and the DVC-cached outputs they describe."""
+    run(repo, "git", "reset", "-q", "--hard")
     run(repo, "dvc", "checkout", "-q", "--force")
 
 
