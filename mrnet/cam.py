@@ -31,11 +31,6 @@ class PlaneCam(NamedTuple):
     raw_max: float  # highest raw activation; <= 0 means the CAM is all zero after ReLU
 
 
-def raw_cam(model: MRNet, x: torch.Tensor) -> torch.Tensor:
-    """Raw (signed) class activation maps (S, h, w) of one exam's normalised slices (S, H, W)."""
-    return model.cam(x)
-
-
 @torch.inference_mode()
 def plane_cam(model: MRNet, volume: np.ndarray, image_size: int,
               device: torch.device | str = "cpu") -> PlaneCam:
@@ -55,7 +50,7 @@ def plane_cam(model: MRNet, volume: np.ndarray, image_size: int,
     device = torch.device(device)
     small = torch.from_numpy(resize_volume(volume, image_size)).to(device)
     counts = torch.tensor([small.shape[0]], device=device)
-    raw = raw_cam(model, normalize(small, counts)).float()
+    raw = model.cam(normalize(small, counts)).float()
     per_slice = raw.flatten(1).amax(1)
     peak = int(per_slice.argmax())
     top = float(per_slice.max())

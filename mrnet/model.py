@@ -77,8 +77,13 @@ def make_backbone(name: str, pretrained: bool = False) -> tuple[nn.Module, int]:
     return features, int(width)
 
 
-def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """``x`` in channels_last layout when asked (faster convolutions on GPUs and bf16 CPUs)."""
+def as_rgb(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """Slices (S, H, W) or (S, 1|3, H, W) as (S, 3, H, W), the grey channel repeated (a view),
+    in channels_last layout when asked (faster convolutions on GPUs and bf16 CPUs)."""
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -120,11 +125,7 @@ class MRNet(nn.Module):
 
     def slice_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature maps (S, C, h, w) of normalised slices (S, H, W) or (S, 3, H, W)."""
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return self.features(to_memory_format(x, self.channels_last))
+        return self.features(as_rgb(x, self.channels_last))
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B,) for slices ``x`` (S, H, W) of exams with slice ``counts`` (B,)."""
@@ -140,14 +141,10 @@ class MRNet(nn.Module):
         AlexNet and VGG end in a max-pool that leaves AlexNet a 1x1 map at 64 px; the maps are
         taken before it (same channels, same weights), so they keep a spatial layout.
         """
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
         features = self.features
         if isinstance(features, nn.Sequential) and isinstance(features[-1], nn.MaxPool2d):
             features = features[:-1]
-        maps = features(x).float()
+        maps = features(as_rgb(x, self.channels_last)).float()
         w = self.classifier.weight.float().view(1, -1, 1, 1)
         return (maps * w).sum(1)
 
@@ -209,7 +206,6 @@ class MultitaskMRNet(nn.Module):
         pooled = []
         for plane in self.planes:
             x, counts = inputs[plane]
-            x = to_memory_format(x.unsqueeze(1).expand(-1, 3, -1, -1), self.channels_last)
-            feats = self.branches[plane](x).mean(dim=(2, 3))
+            feats = self.branches[plane](as_rgb(x, self.channels_last)).mean(dim=(2, 3))
             pooled.append(segment_pool(feats.float(), counts, self.config.slice_pool))
         return self.classifier(torch.cat(pooled, dim=1).to(self.classifier.weight.dtype))

@@ -24,9 +24,9 @@ from mrnet.engine import (ExamSet, autocast, compute_pos_weight, iterate_batches
 from mrnet.errors import DatasetError
 from mrnet.model import MRNetConfig, MultitaskMRNet, normalize, scale_volumes, standardize
 from mrnet.probs import write_probs
-from mrnet.train import (EpochFn, derive_seed, fingerprint, labels_for, load_exam_set,
-                         fast_layout, run_training, select_device, tune_case_ids,
-                         use_bf16)
+from mrnet.train import (EpochFn, derive_seed, fast_layout, fingerprint, labels_for,
+                         load_exam_set, run_training, select_device, selection_sets,
+                         slices_checksum, use_bf16)
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +152,9 @@ def train_multitask(params: Params, *, stop_after: int | None = None,
     root, prepared = params.data.root, params.prepare.out
     train_all = load_multiset(prepared, root, "train", device)
     valid = load_multiset(prepared, root, "valid", device)
-    tune: set[str] = set()
-    if params.data.tune_fraction > 0:
-        tune = tune_case_ids(train_all.case_ids, train_all.labels[:, 0], params.data, TASKS[0])
-    fit_set = train_all.subset([i for i, c in enumerate(train_all.case_ids) if c not in tune])
-    sel_set = (train_all.subset([i for i, c in enumerate(train_all.case_ids) if c in tune])
-               if tune else valid)
-    selection = "tune" if tune else "valid"
+    fit_set, sel_set, selection = selection_sets(train_all, valid, params.data, TASKS[0],
+                                                 labels=train_all.labels[:, 0])
+    tune = set(sel_set.case_ids) if selection == "tune" else set()
     pws = [compute_pos_weight(fit_set.labels[:, t].numpy()) for t in range(len(TASKS))]
     log.info("%s: %d fit exams, %d %s exams for selection, device %s, pos weights %s, "
              "config %s", NAME, len(fit_set), len(sel_set), selection, device,
@@ -184,7 +180,7 @@ def train_multitask(params: Params, *, stop_after: int | None = None,
     fp = fingerprint(dataclasses.asdict(cfg), dataclasses.asdict(params.model),
                      dataclasses.asdict(params.data), fit_set.case_ids, sel_set.case_ids,
                      fit_set.labels.tolist(), sel_set.labels.tolist(),
-                     [int(s.slices.float().sum().item()) for s in fit_set.planes.values()])
+                     [slices_checksum(s.slices) for s in fit_set.planes.values()])
     config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
               "planes": list(PLANES), "tasks": list(TASKS),
               "image_size": int(train_all.planes[PLANES[0]].slices.shape[-1])}

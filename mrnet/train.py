@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -162,19 +163,30 @@ def tune_case_ids(case_ids: list[str], labels: torch.Tensor | np.ndarray,
                       data_cfg.tune_fraction, derive_seed(data_cfg.split_seed, task))
 
 
-def selection_sets(train_all: ExamSet, valid: ExamSet, data_cfg: DataConfig,
-                   task: str) -> tuple[ExamSet, ExamSet, str]:
+def selection_sets(train_all: Any, valid: Any, data_cfg: DataConfig, task: str,
+                   labels: torch.Tensor | None = None) -> tuple[Any, Any, str]:
     """(fit set, model-selection set, name of the selection split).
 
     With ``data.tune_fraction`` 0 the valid split selects, as in the MRNet code; otherwise a
-    stratified, seeded part of train (the same for every plane of ``task``) does.
+    stratified, seeded part of train (the same for every plane of ``task``) does. Works on any
+    set with ``case_ids`` and ``subset()``; ``labels`` (default ``train_all.labels``) are the
+    ``task`` labels the hold-out is stratified by.
     """
     if data_cfg.tune_fraction <= 0:
         return train_all, valid, "valid"
-    tune = tune_case_ids(train_all.case_ids, train_all.labels, data_cfg, task)
+    labels = train_all.labels if labels is None else labels
+    tune = tune_case_ids(train_all.case_ids, labels, data_cfg, task)
     fit_idx = [i for i, c in enumerate(train_all.case_ids) if c not in tune]
     tune_idx = [i for i, c in enumerate(train_all.case_ids) if c in tune]
     return train_all.subset(fit_idx), train_all.subset(tune_idx), "tune"
+
+
+def slices_checksum(slices: torch.Tensor, chunk: int = 4096) -> int:
+    """CRC32 of a uint8 slice tensor, read a chunk of slices at a time (no full-size copy)."""
+    crc = 0
+    for part in slices.split(chunk):
+        crc = zlib.crc32(part.contiguous().cpu().numpy(), crc)
+    return crc
 
 
 def fingerprint(*parts: Any) -> str:
@@ -323,7 +335,7 @@ def train_model(params: Params, task: str, plane: str, *, stop_after: int | None
     fp = fingerprint(dataclasses.asdict(cfg), dataclasses.asdict(params.model),
                      dataclasses.asdict(params.data), task, plane, fit_set.case_ids,
                      sel_set.case_ids, fit_set.labels.tolist(), sel_set.labels.tolist(),
-                     [len(fit_set.slices), int(fit_set.slices.float().sum().item())])
+                     [len(fit_set.slices), slices_checksum(fit_set.slices)])
     config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
               "task": task, "plane": plane, "image_size": int(train_all.slices.shape[-1])}
     state = run_training(name, model, cfg, seed, make_epoch, fp, Path(cfg.out) / f"{name}.pt",

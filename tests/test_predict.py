@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mrnet import PLANES, TASKS
-from mrnet.cam import plane_cam, raw_cam
+from mrnet.cam import plane_cam
 from mrnet.config import AugmentConfig, Params
 from mrnet.data import load_series
 from mrnet.engine import ExamSet, train_one_epoch
@@ -277,13 +277,13 @@ def test_cam_is_on_the_input_slices_and_in_unit_range(predictor: Predictor,
             assert pc.cam.max() > 0.5
 
 
-def test_cam_without_final_pool_is_the_models_cam() -> None:
+def test_cam_without_final_pool_adds_up_to_the_logit() -> None:
     torch.manual_seed(0)
     model = MRNet(MRNetConfig("resnet18")).eval()
     x = normalize(torch.randint(0, 256, (1, 64, 64), dtype=torch.uint8), torch.tensor([1]))
     with torch.no_grad():
-        cam = raw_cam(model, x)
-        assert torch.equal(cam, model.cam(x))
+        cam = model.cam(x)
+        assert cam.shape == (1, 2, 2)  # resnet18's own last feature map at 64 px
         # One slice, average pooling: the CAM's mean plus the bias is the logit.
         logit = model(x)
     assert (cam.mean() + model.classifier.bias).item() == pytest.approx(logit.item(), abs=1e-4)
@@ -295,7 +295,7 @@ def test_alexnet_cam_keeps_a_layout_at_64_px() -> None:
     x = normalize(torch.randint(0, 256, (2, 64, 64), dtype=torch.uint8), torch.tensor([2]))
     with torch.no_grad():
         assert model.slice_features(x).shape[2:] == (1, 1)  # after AlexNet's last pool
-        assert raw_cam(model, x).shape == (2, 3, 3)  # the CAM is taken before it
+        assert model.cam(x).shape == (2, 3, 3)  # the CAM is taken before it
 
 
 def _lesion_phantoms(n: int, rng: np.random.Generator, slices: int = 6, size: int = 64):
