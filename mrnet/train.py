@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -195,9 +196,16 @@ def fingerprint(*parts: Any) -> str:
 
 
 def save_torch(obj: Any, path: Path) -> None:
-    """torch.save atomically."""
+    """torch.save atomically, with the same bytes for the same contents.
+
+    Saved to a path, torch names the archive's records after the file, here a random temporary
+    name, so identical checkpoints would differ byte for byte and DVC would rerun what depends
+    on them; saved to a buffer, the records get one fixed name.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def _log_live(live: Any, row: dict[str, float]) -> None:

@@ -73,6 +73,12 @@ def test_training_is_deterministic(tiny_dataset: Path, prepared: Path, tmp_path:
         runs.append(_state(tmp_path / name / "models" / "abnormal-sagittal.pt"))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+    # byte for byte too, so DVC does not rerun what depends on an unchanged checkpoint
+    ckpt = tmp_path / "a" / "models" / "abnormal-sagittal.pt"
+    first = ckpt.read_bytes()
+    train_model(_params(tmp_path / "a", tiny_dataset, prepared, seed=0), "abnormal", "sagittal",
+                live_dir=False)
+    assert ckpt.read_bytes() == first
 
 
 def test_resume_gives_the_uninterrupted_checkpoint(tiny_dataset: Path, prepared: Path,
