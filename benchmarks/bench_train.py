@@ -47,9 +47,10 @@ from mrnet.config import BACKBONES, DEVICES, PRECISIONS, AugmentConfig, load_par
 from mrnet.data import read_labels  # noqa: E402
 from mrnet.engine import compute_pos_weight, train_one_epoch  # noqa: E402
 from mrnet.errors import UserError  # noqa: E402
-from mrnet.model import PIXEL_MEAN, PIXEL_STD, MRNet, MRNetConfig, make_backbone  # noqa: E402
+from mrnet.model import (PIXEL_MEAN, PIXEL_STD, MRNet, MRNetConfig, make_backbone,  # noqa: E402
+                         use_channels_last)
 from mrnet.prepare import prepare_split  # noqa: E402
-from mrnet.train import load_exam_set, select_device, use_bf16  # noqa: E402
+from mrnet.train import load_exam_set, select_device, use_bf16, wants_channels_last  # noqa: E402
 
 PLANE, SPLIT, TASK = "sagittal", "train", "acl"
 
@@ -227,7 +228,7 @@ def bench_ours(cfg: BenchConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = MRNet(MRNetConfig(cfg.backbone)).to(device)
     if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        use_channels_last(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=0.01)
     net = torch.compile(model) if cfg.compile else model
     pw = compute_pos_weight(data.labels.numpy())
@@ -275,7 +276,7 @@ def _row(name: str, result: dict[str, Any]) -> str:
 
 def pipeline_defaults() -> dict[str, Any]:
     """Defaults from ./params.yaml when run from the project root, else the fallbacks."""
-    defaults: dict[str, Any] = {"exams_per_batch": 8, "precision": "fp32", "device": "auto",
+    defaults: dict[str, Any] = {"exams_per_batch": 8, "precision": "auto", "device": "auto",
                                 "backbone": "alexnet", "augment": asdict(AugmentConfig())}
     if Path("params.yaml").is_file():
         params = load_params("params.yaml")
@@ -303,9 +304,11 @@ def parse_args(argv: list[str] | None, defaults: dict[str, Any]) -> argparse.Nam
     p.add_argument("--exams-per-batch", type=int, default=defaults["exams_per_batch"],
                    help="exams packed into one optimizer step (ours)")
     p.add_argument("--precision", default=defaults["precision"], choices=PRECISIONS,
-                   help="autocast precision of ours (auto: bf16 on CUDA); the reference is fp32")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
-                   help="channels_last weights for ours")
+                   help="autocast precision of ours (auto: bf16 on CUDA and on CPUs with bf16 "
+                        "instructions); the reference is fp32")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last weights for ours (default: as the pipeline, on under "
+                        "bf16 or CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model of ours")
     p.add_argument("--ref-workers", type=int, default=0,
                    help="DataLoader worker processes of the reference")
@@ -339,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bf16 = use_bf16(args.precision, device)
+    if args.channels_last is None:
+        args.channels_last = wants_channels_last(device, bf16)
 
     with tempfile.TemporaryDirectory(prefix="mrnet-bench-") as tmp:
         root, prepared = Path(tmp) / "MRNet-v1.0", Path(tmp) / "prepared"

@@ -113,7 +113,7 @@ class TrainConfig:
     out: str = "models"
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     epochs: int = 50
     lr: float = 1e-5
     weight_decay: float = 0.01

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from mrnet.augment import AffineParams, apply_affine, draw_params
 from mrnet.config import AugmentConfig
-from mrnet.model import normalize, scale_volumes, standardize
+from mrnet.model import normalize
 
 
 @dataclass
@@ -106,8 +106,9 @@ def train_one_epoch(model: nn.Module, data: ExamSet, optimizer: torch.optim.Opti
         mine = torch.arange(len(chunk))[rank::world]
         index = chunk[mine]
         x, counts = data.batch(index)
-        x = scale_volumes(x.to(device, non_blocking=True), counts.to(device))
-        x = standardize(apply_affine(x, counts, AffineParams(*(p[mine] for p in params))))
+        mine_params = AffineParams(*(p[mine] for p in params))
+        x = normalize(x.to(device, non_blocking=True), counts.to(device),
+                      lambda v: apply_affine(v, counts, mine_params))
         y = data.labels[index].to(device)
         with autocast(device, bf16):
             logits = model(x, counts.to(device))

@@ -17,12 +17,12 @@ import torch
 from tqdm import tqdm
 
 from mrnet import PLANES, TASKS
-from mrnet.augment import augment
+from mrnet.augment import apply_affine, draw_params
 from mrnet.config import Params
 from mrnet.engine import (ExamSet, autocast, compute_pos_weight, iterate_batches, safe_auc,
                           weighted_bce)
 from mrnet.errors import DatasetError
-from mrnet.model import MRNetConfig, MultitaskMRNet, normalize, scale_volumes, standardize
+from mrnet.model import MRNetConfig, MultitaskMRNet, normalize
 from mrnet.probs import write_probs
 from mrnet.train import (EpochFn, derive_seed, fast_layout, fingerprint, labels_for,
                          load_exam_set, run_training, select_device, selection_sets,
@@ -80,9 +80,10 @@ def _inputs(data: MultiSet, index: torch.Tensor, device: torch.device,
         if aug is None:
             out[plane] = (normalize(x.to(device), c), c)
         else:
-            x = augment(scale_volumes(x.to(device), c), counts, aug.rotation, aug.translation,
-                        aug.flip, generator)
-            out[plane] = (standardize(x), c)
+            params = draw_params(len(counts), x.shape[-1], aug.rotation, aug.translation,
+                                 aug.flip, generator)
+            out[plane] = (normalize(x.to(device), c,
+                                    lambda v, p=params: apply_affine(v, counts, p)), c)
     return out
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 
-from mrnet.model import MRNet, MRNetConfig, normalize, segment_pool
+from mrnet.model import (GreyStemConv2d, MRNet, MRNetConfig, make_backbone, normalize,
+                         segment_pool)
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +68,51 @@ def test_normalize_scales_each_exam_by_its_own_range() -> None:
     assert torch.allclose(out[:2].amin(), out[2:].amin())
     assert torch.allclose(out[:2].amax(), out[2:].amax())
     assert out[1].amax() == out[:2].amin()  # slice 1 of exam a is all at the exam's minimum
+
+
+@pytest.mark.parametrize("backbone", ["alexnet", "resnet18", "densenet121"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_grey_stem_equals_the_grey_slice_repeated_in_rgb(backbone: str, channels_last: bool) -> None:
+    """One grey channel against the summed kernels gives the paper's 3-channel computation:
+    same features and the same gradients of the (out, 3, k, k) stem weights. In float64: in
+    float32 DenseNet's depth turns rounding into near-tie flips of max-pools and ReLUs."""
+    torch.manual_seed(0)
+    features, _ = make_backbone(backbone)
+    features = features.double()
+    if channels_last:
+        features = features.to(memory_format=torch.channels_last)
+    features.eval()
+    stem = next(m for m in features.modules() if isinstance(m, torch.nn.Conv2d))
+    assert isinstance(stem, GreyStemConv2d) and stem.weight.shape[1] == 3
+    x = torch.randn(3, 1, 64, 64, dtype=torch.float64)
+    grads = []
+    outs = []
+    for inp in (x, x.expand(-1, 3, -1, -1).contiguous()):
+        if channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        stem.weight.grad = None
+        out = features(inp)
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        (out * weights).sum().backward()
+        outs.append(out.detach())
+        grads.append(stem.weight.grad.clone())
+    assert torch.allclose(outs[0], outs[1], atol=1e-10, rtol=1e-10)
+    assert torch.allclose(grads[0], grads[1], atol=1e-10, rtol=1e-10)
+    assert grads[0].abs().sum() > 0
+
+
+def test_grey_stem_keeps_torchvision_weight_names() -> None:
+    """ImageNet weights and older checkpoints load into the grey-stem model unchanged."""
+    net = torchvision.models.alexnet(weights=None)
+    features, _ = make_backbone("alexnet")
+    features.load_state_dict(net.features.state_dict())
+    assert torch.equal(features[0].weight, net.features[0].weight)
+
+
+def test_grey_stem_keeps_channels_last_layout() -> None:
+    """A one-channel input is ambiguous between layouts; the stem's output must still be
+    channels_last when the model is (else every later layer converts or runs NCHW)."""
+    features, _ = make_backbone("alexnet")
+    features = features.to(memory_format=torch.channels_last)
+    out = features[0](torch.randn(2, 1, 64, 64))
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()

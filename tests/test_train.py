@@ -11,7 +11,8 @@ import torch
 
 from mrnet.engine import compute_pos_weight, weighted_bce
 from mrnet.prepare import prepare_plane
-from mrnet.train import TrainingInterrupted, better, derive_seed, load_checkpoint, train_model
+from mrnet.train import (TrainingInterrupted, better, derive_seed, load_checkpoint, train_model,
+                         use_bf16, wants_channels_last)
 
 from helpers import tmp_params
 
@@ -140,3 +141,16 @@ def test_tune_fraction_selects_on_train_holdout(tiny_dataset: Path, prepared: Pa
     p = p.__class__(**{**p.__dict__, "data": p.data.__class__(p.data.root, 0.34, 0)})
     summary = train_model(p, "abnormal", "sagittal", live_dir=False)
     assert summary["selection"] == "tune"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(
+        native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert use_bf16("auto", cpu) is native
+    assert wants_channels_last(cpu, use_bf16("auto", cpu)) is native
+    # Explicit settings are obeyed whatever the hardware.
+    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
+    assert not wants_channels_last(cpu, False)
