@@ -106,12 +106,13 @@ def train_one_epoch(model: nn.Module, data: ExamSet, optimizer: torch.optim.Opti
         mine = torch.arange(len(chunk))[rank::world]
         index = chunk[mine]
         x, counts = data.batch(index)
+        on_device = counts.to(device)
         mine_params = AffineParams(*(p[mine] for p in params))
-        x = normalize(x.to(device, non_blocking=True), counts.to(device),
+        x = normalize(x.to(device, non_blocking=True), on_device,
                       lambda v: apply_affine(v, counts, mine_params))
         y = data.labels[index].to(device)
         with autocast(device, bf16):
-            logits = model(x, counts.to(device))
+            logits = model(x, on_device)
         loss = weighted_bce(logits.float(), y, pos_weight)
         optimizer.zero_grad(set_to_none=True)
         (loss * (len(index) * world / len(chunk))).backward()
@@ -150,9 +151,10 @@ def predict_logits(model: nn.Module, data: ExamSet, device: torch.device,
         batches = tqdm(list(batches), desc=desc, unit="batch", leave=False)
     for index in batches:
         x, counts = data.batch(index)
-        x = normalize(x.to(device, non_blocking=True), counts.to(device))
+        counts = counts.to(device)
+        x = normalize(x.to(device, non_blocking=True), counts)
         with autocast(device, bf16):
-            out.append(model(x, counts.to(device)).float().cpu())
+            out.append(model(x, counts).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 

@@ -198,33 +198,19 @@ def exam_range(volume: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor
             torch.repeat_interleave(hi, counts, dim=0).view(-1, 1, 1))
 
 
-def scale_volumes(volume: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Scale each exam's slices to [0, 255] by the exam's own min and max.
-
-    Args:
-        volume: (S, H, W) slices of the packed exams, any dtype.
-        counts: (B,) slices per exam.
-    Returns:
-        float32 (S, H, W); each exam's minimum maps to 0 (so zero-fill is background).
-    """
-    lo, hi = exam_range(volume, counts)
-    return (volume.float() - lo).mul_(255.0 / (hi - lo).clamp_min(1e-6))
-
-
-def standardize(scaled: torch.Tensor) -> torch.Tensor:
-    """MRNet's normalisation of [0, 255]-scaled slices."""
-    return (scaled - PIXEL_MEAN) / PIXEL_STD
-
-
 def normalize(volume: torch.Tensor, counts: torch.Tensor,
               warp: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """The full preprocessing: per-exam scaling to [0, 255], then MRNet's normalisation.
 
     Args:
+        volume: (S, H, W) slices of the packed exams, any dtype.
+        counts: (B,) slices per exam.
         warp: the training augmentation, applied in between. It must be linear in the pixel
             values and fill with zeros (a bilinear warp is both), so it commutes with the
             per-exam scale factor: the two scalings fuse into one pass after the warp, and the
             area moved in from outside the image is each exam's minimum.
+    Returns:
+        float32 (S, H, W); each exam's minimum maps to ``-PIXEL_MEAN / PIXEL_STD``.
     """
     lo, hi = exam_range(volume, counts)
     x = volume.float() - lo

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from mrnet import PLANES, TASKS
-from mrnet.augment import apply_affine, draw_params
+from mrnet.augment import augment
 from mrnet.config import Params
 from mrnet.engine import (ExamSet, autocast, compute_pos_weight, iterate_batches, safe_auc,
                           weighted_bce)
@@ -77,13 +77,10 @@ def _inputs(data: MultiSet, index: torch.Tensor, device: torch.device,
     for plane, s in data.planes.items():
         x, counts = s.batch(index)
         c = counts.to(device)
-        if aug is None:
-            out[plane] = (normalize(x.to(device), c), c)
-        else:
-            params = draw_params(len(counts), x.shape[-1], aug.rotation, aug.translation,
-                                 aug.flip, generator)
-            out[plane] = (normalize(x.to(device), c,
-                                    lambda v, p=params: apply_affine(v, counts, p)), c)
+        warp = None if aug is None else (
+            lambda v, counts=counts: augment(v, counts, aug.rotation, aug.translation, aug.flip,
+                                             generator))
+        out[plane] = (normalize(x.to(device), c, warp), c)
     return out
 
 
