@@ -267,7 +267,11 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
 
 
 def _build(cls: type, raw: Any, key: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown and ill-typed keys."""
+    """Build dataclass ``cls`` from a mapping, rejecting unknown, missing and ill-typed keys.
+
+    The dataclass defaults serve code that builds a config directly (tests, benchmarks); the
+    pipeline never falls back on them, so they cannot silently differ from params.yaml.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -278,6 +282,10 @@ def _build(cls: type, raw: Any, key: str) -> Any:
     if unknown:
         raise ParamsError(f"unknown params key {key}.{unknown[0]} "
                           f"(known keys of {key}: {', '.join(sorted(names))})")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
+    if missing:
+        raise ParamsError(f"params key {key}.{missing[0]} is missing (add it to params.yaml; "
+                          f"{key} needs {', '.join(f.name for f in dataclasses.fields(cls))})")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:
