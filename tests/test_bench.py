@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import re
 import subprocess
+
+import pytest
 import sys
 from pathlib import Path
+
+pytestmark = [pytest.mark.slow]
 
 PROJECT = Path(__file__).resolve().parents[1]
 SCRIPT = PROJECT / "benchmarks" / "bench_train.py"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -11,6 +12,8 @@ import torch.multiprocessing as mp
 from mrnet.config import AugmentConfig
 from mrnet.engine import ExamSet, train_one_epoch
 from mrnet.model import MRNet
+
+pytestmark = [pytest.mark.slow]
 
 N_EXAMS = 4
 

@@ -15,6 +15,8 @@ from mrnet.train import train_model
 
 from helpers import tmp_params
 
+pytestmark = [pytest.mark.slow]
+
 # The global-statistics baseline stays <= 0.65 on phantoms (tests/test_synthetic.py); a CNN
 # that learned the ligament's shape gets far above it, a broken one cannot. The data is the
 # demo's (params.yaml synthesize) and the budget the demo's 8 epochs.

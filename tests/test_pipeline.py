@@ -19,6 +19,8 @@ from mrnet.synthetic import generate
 
 from helpers import PROJECT
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 TINY_PARAMS = {
     "synthesize": {"n_train": 16, "n_valid": 10, "image_size": 48, "slices_min": 3,
                    "slices_max": 5},

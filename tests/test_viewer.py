@@ -125,6 +125,7 @@ def test_large_slices_are_downscaled() -> None:
     assert Image.open(io.BytesIO(base64.b64decode(small.split(",", 1)[1]))).size == (48, 64)
 
 
+@pytest.mark.browser
 def test_viewer_works_in_chromium(page: Path, tmp_path: Path) -> None:
     result = selftest(page, tmp_path / "profile")
     assert result["done"] and result["errors"] == [], result
