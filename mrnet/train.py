@@ -82,10 +82,14 @@ def fast_layout(model: torch.nn.Module, device: torch.device, bf16: bool) -> tor
     return model
 
 
-def better(auc: float, loss: float, best_auc: float, best_loss: float) -> bool:
-    """Higher AUC wins; equal AUC (or both undefined) → lower loss wins."""
+def better(auc: float, loss: float, best_auc: float, best_loss: float,
+           select: str = "auc") -> bool:
+    """With ``select`` "auc": higher AUC wins, equal AUC (or both undefined) → lower loss wins.
+    With "loss": lower loss wins, equal loss → higher AUC wins."""
     a = -math.inf if math.isnan(auc) else auc
     b = -math.inf if math.isnan(best_auc) else best_auc
+    if select == "loss":
+        return loss < best_loss or (loss == best_loss and a > b)
     return a > b or (a == b and loss < best_loss)
 
 
@@ -108,8 +112,10 @@ EpochFn = Callable[[int], dict[str, float]]
 
 def fit_loop(model: torch.nn.Module, cfg: TrainConfig, optimizer: torch.optim.Optimizer,
              scheduler: Any, state: FitState, run_train: EpochFn, run_eval: Callable[[], dict],
-             on_epoch: Callable[[FitState], None] | None = None, desc: str = "") -> FitState:
-    """Epochs until ``cfg.epochs`` or early stopping; keep the best weights by val AUC.
+             on_epoch: Callable[[FitState], None] | None = None, desc: str = "",
+             select: str = "auc") -> FitState:
+    """Epochs until ``cfg.epochs`` or early stopping; keep the best weights by val AUC
+    (``select`` "auc", the default) or by val loss (``select`` "loss").
 
     ``run_train(epoch)`` trains one epoch and ``run_eval()`` scores the selection split, each
     returning {"loss", "auc"}. ``state``, ``optimizer`` and ``scheduler`` may come from a
@@ -127,7 +133,7 @@ def fit_loop(model: torch.nn.Module, cfg: TrainConfig, optimizer: torch.optim.Op
                "val_loss": va["loss"], "val_auc": va["auc"], "lr": lr}
         state.history.append(row)
         state.epoch = epoch
-        if better(va["auc"], va["loss"], state.best_auc, state.best_loss):
+        if better(va["auc"], va["loss"], state.best_auc, state.best_loss, select):
             state.best_auc, state.best_loss, state.best_epoch = va["auc"], va["loss"], epoch
             state.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             state.bad_epochs = 0
@@ -141,8 +147,8 @@ def fit_loop(model: torch.nn.Module, cfg: TrainConfig, optimizer: torch.optim.Op
         if on_epoch is not None:
             on_epoch(state)
     if state.stopped_early and rank == 0:
-        log.info("%s early stop after epoch %d: no val AUC gain for %d epochs",
-                 desc, state.epoch, cfg.patience)
+        log.info("%s early stop after epoch %d: no val %s gain for %d epochs",
+                 desc, state.epoch, "loss" if select == "loss" else "AUC", cfg.patience)
     return state
 
 
@@ -235,7 +241,7 @@ def run_training(name: str, model: torch.nn.Module, cfg: TrainConfig, seed: int,
                                       tuple[EpochFn, Callable[[], dict]]],
                  fingerprint_of: str, out_path: Path, config: dict[str, Any], selection: str,
                  live_dir: str | Path | None | bool = None,
-                 stop_after: int | None = None) -> FitState:
+                 stop_after: int | None = None, select: str = "auc") -> FitState:
     """Optimiser, scheduler, resume, tracking and checkpoint around :func:`fit_loop`.
 
     Resume: after every epoch the full training state goes to ``{out}/.resume/{name}.pt``; a
@@ -248,6 +254,8 @@ def run_training(name: str, model: torch.nn.Module, cfg: TrainConfig, seed: int,
         config: stored in the checkpoint under "config" (what it takes to rebuild the model).
         live_dir: DVCLive directory (default ``dvclive/{name}``); False to skip tracking.
         stop_after: test hook, raise :class:`TrainingInterrupted` after this many epochs.
+        select: "auc" (default) or "loss": the validation metric that picks the checkpoint
+            and drives early stopping.
     """
     rank, _ = dist_info()
     generator = torch.Generator().manual_seed(seed)
@@ -290,7 +298,7 @@ def run_training(name: str, model: torch.nn.Module, cfg: TrainConfig, seed: int,
 
     run_train, run_eval = make_epoch(generator, optimizer)
     state = fit_loop(model, cfg, optimizer, scheduler, state, run_train, run_eval, on_epoch,
-                     desc=name)
+                     desc=name, select=select)
     if rank != 0:
         return state
     save_torch({"model": state.best_model, "config": config, "epoch": state.best_epoch,
