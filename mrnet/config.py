@@ -202,6 +202,67 @@ class MultitaskConfig:
     train: Mapping[str, Any] = field(default_factory=dict)
 
 
+KNEEMRI_CROPS = ("roi", "full")
+KNEEMRI_INITS = ("mrnet", "scratch")
+
+
+@dataclass(frozen=True)
+class KneemriSyntheticConfig:
+    """Size and seed of the synthetic KneeMRI-format phantoms (ten folders vol01..vol10)."""
+
+    out: str = "data/synthetic-kneemri"
+    seed: int = 0
+    exams_per_folder: int = 20
+    image_size: int = 320
+    slices_min: int = 18
+    slices_max: int = 26
+
+    def check(self, key: str) -> None:
+        # Two folders make the smallest split; each split needs two exams of each diagnosis.
+        if self.exams_per_folder < 3:
+            raise ParamsError(f"{key}.exams_per_folder must be at least 3, "
+                              f"got {self.exams_per_folder}")
+        if self.image_size < 32:
+            raise ParamsError(f"{key}.image_size must be at least 32, got {self.image_size}")
+        if not 1 <= self.slices_min <= self.slices_max:
+            raise ParamsError(f"{key}: need 1 <= slices_min <= slices_max, "
+                              f"got {self.slices_min}, {self.slices_max}")
+
+
+@dataclass(frozen=True)
+class KneemriConfig:
+    """External validation on the public KneeMRI (Rijeka) dataset, zero-shot and retrained."""
+
+    enabled: bool = False
+    # A folder in the KneeMRI layout; the default is the phantoms kneemri_synthesize writes.
+    root: str = "data/synthetic-kneemri"
+    # roi: a square crop centred on the metadata ROI, roi_scale times its larger side (and
+    # its slice range scaled alike); full: every slice, whole.
+    crop: str = "roi"
+    roi_scale: float = 2.0
+    out: str = "data/kneemri"
+    # mrnet: retraining starts from the trained ACL sagittal CNN; scratch: from model.pretrained.
+    init: str = "mrnet"
+    # Overrides of any train key for the retrained CNNs (e.g. epochs, lr).
+    train: Mapping[str, Any] = field(default_factory=dict)
+    synthetic: KneemriSyntheticConfig = field(default_factory=KneemriSyntheticConfig)
+
+    def check(self, key: str) -> None:
+        if self.crop not in KNEEMRI_CROPS:
+            raise ParamsError(f"{key}.crop must be one of {', '.join(KNEEMRI_CROPS)}, "
+                              f"got {self.crop!r}")
+        if self.init not in KNEEMRI_INITS:
+            raise ParamsError(f"{key}.init must be one of {', '.join(KNEEMRI_INITS)}, "
+                              f"got {self.init!r}")
+        if self.roi_scale < 1.0:
+            raise ParamsError(f"{key}.roi_scale must be at least 1, got {self.roi_scale}")
+        if not self.root:
+            raise ParamsError(f"{key}.root is empty; keep the phantom folder "
+                              f"({self.synthetic.out}) or name a KneeMRI folder, and switch "
+                              f"the stages with {key}.enabled")
+        self.synthetic.check(f"{key}.synthetic")
+
+
 @dataclass(frozen=True)
 class Params:
     """Everything in params.yaml."""
@@ -217,6 +278,14 @@ class Params:
     evaluate: EvaluateConfig
     viewer: ViewerConfig
     multitask: MultitaskConfig
+    kneemri: KneemriConfig
+
+    def kneemri_train(self) -> TrainConfig:
+        """Training settings of the retrained KneeMRI CNNs: train keys with their overrides."""
+        merged = _merge(dataclasses.asdict(self.train), dict(self.kneemri.train))
+        cfg = _build(TrainConfig, merged, "kneemri.train")
+        cfg.check("kneemri.train")
+        return cfg
 
     def multitask_train(self) -> TrainConfig:
         """Training settings of the multitask network: train keys with its overrides."""
@@ -314,6 +383,7 @@ SECTIONS = {
     "evaluate": EvaluateConfig,
     "viewer": ViewerConfig,
     "multitask": MultitaskConfig,
+    "kneemri": KneemriConfig,
 }
 
 
@@ -343,6 +413,7 @@ def params_from_dict(raw: Mapping[str, Any], source: str = "params.yaml") -> Par
     for t in TASKS:
         params.train_for(t)  # overrides are validated up front, not when a stage reaches them
     params.multitask_train()
+    params.kneemri_train()
     return params
 
 
