@@ -50,12 +50,14 @@ def load_pretrained(net: nn.Module, backbone: str) -> None:
 
     Raises:
         WeightsNotFoundError: the file is not in the cache; the message says where to put it.
+        WeightsHashError: the file's sha256 does not match the hash in its name.
     """
+    from mrnet.weights import missing_message, verify_file
+
     path, url = weights_file(backbone)
     if not path.is_file():
-        raise WeightsNotFoundError(
-            f"model.pretrained is true but {path} does not exist: download {url} on a machine "
-            f"with internet and copy it there (or set model.pretrained: false)")
+        raise WeightsNotFoundError(missing_message(path, url))
+    verify_file(path, url)
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(state)
 
