@@ -24,6 +24,9 @@ EXAM is one of
   - three ``.npy`` paths, each in a folder named after its plane (MRNet's own layout, e.g.
     ``valid/axial/1130.npy valid/coronal/1130.npy valid/sagittal/1130.npy``) or named after
     its plane (``axial.npy``).
+  - a folder of one exam's DICOM files, as a scanner exports them: imported into a temporary
+    folder by :func:`mrnet.dicom.import_exam` (series chosen automatically; case id: the
+    folder's name).
 It prints each task's ensemble probability and each plane CNN's probability with its term
 (coef x prob) in the ensemble's logit; ``--json OUT`` writes the same as JSON (``-``: stdout);
 ``--viewer OUT.html`` writes a self-contained HTML viewer with CAM overlays.
@@ -359,8 +362,8 @@ def read_input_csv(path: str | Path) -> list[CaseFiles]:
 def exam_files(args: Sequence[str]) -> CaseFiles:
     """The series of one exam from ``--exam`` (see the module docstring for the forms)."""
     forms = ("a folder holding axial.npy, coronal.npy and sagittal.npy; a folder holding "
-             "axial/, coronal/ and sagittal/ with one .npy each; or three .npy paths in "
-             "folders named after their planes")
+             "axial/, coronal/ and sagittal/ with one .npy each; three .npy paths in "
+             "folders named after their planes; or a folder of one exam's DICOM files")
     if len(args) == 1:
         folder = Path(args[0])
         if not folder.is_dir():
@@ -377,6 +380,11 @@ def exam_files(args: Sequence[str]) -> CaseFiles:
             paths = {p: found[p][0] for p in PLANES}
             stems = {f.stem for f in paths.values()}
             return CaseFiles(stems.pop() if len(stems) == 1 else folder.resolve().name, paths)
+        from mrnet.dicom import import_to_temp, is_dicom_folder  # pydicom only when needed
+
+        if is_dicom_folder(folder):  # a scanner's export, imported as `mrnet import-dicom` does
+            imported = import_to_temp(folder)
+            return CaseFiles(folder.resolve().name, {p: imported / f"{p}.npy" for p in PLANES})
         raise UserError(f"{folder}: no exam found; --exam takes {forms}")
     if len(args) == 3:
         paths: dict[str, Path] = {}
