@@ -1,0 +1,244 @@
+"""mura/params.yaml loaded into typed, validated dataclasses.
+
+As for MRNet's params.yaml (:mod:`mrnet.config`), an unknown, missing or ill-typed key is a
+:class:`~mrnet.errors.ParamsError` naming the key. Paths in the file are relative to the
+project root, where the MURA stages run (``wdir: ..`` in ``mura/dvc.yaml``).
+
+The dataclass defaults are the paper's recipe (DenseNet-169, ImageNet weights, 320 px, lr 1e-4
+divided by 10 on a validation-loss plateau, minibatches of 8 views, the lowest validation loss
+kept); ``mura/params.yaml`` holds the CPU demo on synthetic radiographs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mrnet.config import BACKBONES, DEVICES, PRECISIONS, _build
+from mrnet.errors import ParamsError
+
+PARAMS_FILE = "mura/params.yaml"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The dataset folder: an unpacked ``MURA-v1.1`` (the one holding the split CSVs)."""
+
+    root: str = "mura/data/synthetic/MURA-v1.1"
+
+
+@dataclass(frozen=True)
+class SynthesizeConfig:
+    """Size and seed of the synthetic radiographs written in the MURA-v1.1 layout."""
+
+    out: str = "mura/data/synthetic"
+    seed: int = 0
+    n_train: int = 320
+    n_valid: int = 140
+    # Nominal image side; each view's height and width are drawn around it (0.8x to 1.25x).
+    image_size: int = 80
+    views_min: int = 1
+    views_max: int = 4
+    # Share of views saved as RGB PNGs (grey content in three channels); the rest are greyscale.
+    rgb_fraction: float = 0.3
+
+    def check(self, key: str) -> None:
+        if self.n_train < 7 or self.n_valid < 7:
+            raise ParamsError(f"{key}.n_train and {key}.n_valid must be at least 7 "
+                              "(one study of each type)")
+        if self.image_size < 32:
+            raise ParamsError(f"{key}.image_size must be at least 32, got {self.image_size}")
+        if not 1 <= self.views_min <= self.views_max:
+            raise ParamsError(f"{key}: need 1 <= views_min <= views_max, "
+                              f"got {self.views_min}, {self.views_max}")
+        if not 0.0 <= self.rgb_fraction <= 1.0:
+            raise ParamsError(f"{key}.rgb_fraction must be in [0, 1], got {self.rgb_fraction}")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """The training-resolution cache: every view resized to image_size x image_size."""
+
+    out: str = "mura/data/prepared"
+    image_size: int = 320
+
+    def check(self, key: str) -> None:
+        # AlexNet's three stride-2 poolings need 64 px to leave a feature map.
+        if self.image_size < 64:
+            raise ParamsError(f"{key}.image_size must be at least 64, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The per-view CNN: backbone -> global average pool -> linear -> one logit per view."""
+
+    backbone: str = "densenet169"
+    pretrained: bool = True
+
+    def check(self, key: str) -> None:
+        if self.backbone not in BACKBONES:
+            raise ParamsError(f"{key}.backbone must be one of {', '.join(BACKBONES)}, "
+                              f"got {self.backbone!r}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random lateral flip and rotation, drawn per view."""
+
+    rotation: float = 30.0
+    flip: float = 0.5
+
+    def check(self, key: str) -> None:
+        if self.rotation < 0:
+            raise ParamsError(f"{key}.rotation must be >= 0, got {self.rotation}")
+        if not 0.0 <= self.flip <= 1.0:
+            raise ParamsError(f"{key}.flip is a probability, got {self.flip}")
+
+
+SELECT = ("loss", "auc")
+LOSS_LEVELS = ("view", "study")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of the per-view CNN; the attribute names :func:`mrnet.train.run_training` reads
+    (lr, weight_decay, lr_factor, lr_patience, epochs, patience) mean what they mean there."""
+
+    out: str = "mura/models"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    epochs: int = 30
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    # Early stopping: epochs without a better validation value of `select`.
+    patience: int = 10
+    lr_factor: float = 0.1
+    lr_patience: int = 0
+    # Whole studies are packed into one forward pass until this many views (a study with more
+    # views than this goes alone).
+    views_per_batch: int = 8
+    # The validation value that keeps a checkpoint: "loss" (the paper) or "auc" (study AUC).
+    select: str = "loss"
+    # "view": every view carries its study's label and weight (the paper); "study": the BCE of
+    # the study's mean probability.
+    loss: str = "view"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def check(self, key: str) -> None:
+        if self.device not in DEVICES:
+            raise ParamsError(f"{key}.device must be one of {', '.join(DEVICES)}, "
+                              f"got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ParamsError(f"{key}.precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r}")
+        for name in ("epochs", "patience", "views_per_batch"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"{key}.{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr_patience < 0:
+            raise ParamsError(f"{key}.lr_patience must be >= 0, got {self.lr_patience}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ParamsError(f"{key}.lr must be > 0 and {key}.weight_decay >= 0")
+        if not 0.0 < self.lr_factor < 1.0:
+            raise ParamsError(f"{key}.lr_factor must be in (0, 1), got {self.lr_factor}")
+        if self.select not in SELECT:
+            raise ParamsError(f"{key}.select must be one of {', '.join(SELECT)}, "
+                              f"got {self.select!r}")
+        if self.loss not in LOSS_LEVELS:
+            raise ParamsError(f"{key}.loss must be one of {', '.join(LOSS_LEVELS)}, "
+                              f"got {self.loss!r}")
+        self.augment.check(f"{key}.augment")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Per-view and per-study probability tables of train and valid."""
+
+    out: str = "mura/data/probs"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Study-level metrics on valid: AUC and Cohen's kappa with bootstrap CIs."""
+
+    # A study is called abnormal when its mean probability is above this (the paper: 0.5).
+    threshold: float = 0.5
+    bootstrap: int = 1000
+    ci: float = 0.95
+    seed: int = 0
+
+    def check(self, key: str) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ParamsError(f"{key}.threshold must be in (0, 1), got {self.threshold}")
+        if self.bootstrap < 10:
+            raise ParamsError(f"{key}.bootstrap must be at least 10, got {self.bootstrap}")
+        if not 0.0 < self.ci < 1.0:
+            raise ParamsError(f"{key}.ci must be in (0, 1), got {self.ci}")
+
+
+@dataclass(frozen=True)
+class ViewerConfig:
+    """Self-contained HTML viewers (views, CAM overlays, probabilities) of the first valid studies."""
+
+    out: str = "mura/plots/viewer"
+    n_studies: int = 4
+
+    def check(self, key: str) -> None:
+        if self.n_studies < 0:
+            raise ParamsError(f"{key}.n_studies must be >= 0, got {self.n_studies}")
+
+
+@dataclass(frozen=True)
+class MuraParams:
+    """Everything in mura/params.yaml."""
+
+    data: DataConfig
+    synthesize: SynthesizeConfig
+    prepare: PrepareConfig
+    model: ModelConfig
+    train: TrainConfig
+    extract: ExtractConfig
+    evaluate: EvaluateConfig
+    viewer: ViewerConfig
+
+
+_CLASSES = {"data": DataConfig, "synthesize": SynthesizeConfig, "prepare": PrepareConfig,
+            "model": ModelConfig, "train": TrainConfig, "extract": ExtractConfig,
+            "evaluate": EvaluateConfig, "viewer": ViewerConfig}
+
+
+def params_from_dict(raw: Mapping[str, Any], source: str = PARAMS_FILE) -> MuraParams:
+    """Validate a params mapping (as read from mura/params.yaml) into :class:`MuraParams`."""
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{source}: expected a mapping at the top level")
+    unknown = sorted(set(raw) - set(_CLASSES))
+    if unknown:
+        raise ParamsError(f"{source}: unknown params section {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(_CLASSES))})")
+    sections = {}
+    for name, cls in _CLASSES.items():
+        if name not in raw:
+            raise ParamsError(f"{source}: params section {name} is missing")
+        cfg = _build(cls, raw[name], name)
+        check = getattr(cfg, "check", None)
+        if check is not None:
+            check(name)
+        sections[name] = cfg
+    return MuraParams(**sections)
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> MuraParams:
+    """Read and validate mura/params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root, or "
+                          "through `dvc repro mura/dvc.yaml`)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    return params_from_dict(raw or {}, str(path))

@@ -1,0 +1,1 @@
+"""Entry points of the MURA pipeline (mura/dvc.yaml); they run from the project root."""
