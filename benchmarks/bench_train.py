@@ -114,8 +114,8 @@ class ReferenceDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: Path, augment: dict[str, float], seed: int) -> None:
         labels = read_labels(root / f"{SPLIT}-{TASK}.csv")
-        self.paths = [root / SPLIT / PLANE / f"{c}.npy" for c in labels]
-        self.labels = list(labels.values())
+        self.paths = [root / SPLIT / PLANE / f"{c}.npy" for c in labels.index]
+        self.labels = labels.tolist()
         self.aug = augment
         self.rng = np.random.default_rng(seed)
 

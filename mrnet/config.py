@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,8 +169,12 @@ class EvaluateConfig:
     bootstrap: int = 1000
     ci: float = 0.95
     seed: int = 0
+    # The error report lists, per task, this many false positives and false negatives.
+    n_errors: int = 2
 
     def check(self, key: str) -> None:
+        if self.n_errors < 0:
+            raise ParamsError(f"{key}.n_errors must be >= 0, got {self.n_errors}")
         if self.bootstrap < 10:
             raise ParamsError(f"{key}.bootstrap must be at least 10, got {self.bootstrap}")
         if not 0.0 < self.ci < 1.0:
@@ -178,16 +183,14 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class ViewerConfig:
-    """Self-contained HTML viewers (slices, CAM overlays, probabilities) of the first valid exams."""
+    """Self-contained HTML viewers (slices, CAM overlays, probabilities) of the exams that the
+    evaluate stage's error report lists."""
 
     out: str = "plots/viewer"
-    n_exams: int = 3
     # The task whose CAM the viewer shows first (a selector switches between all three).
     task: str = "acl"
 
     def check(self, key: str) -> None:
-        if self.n_exams < 0:
-            raise ParamsError(f"{key}.n_exams must be >= 0, got {self.n_exams}")
         if self.task not in TASKS:
             raise ParamsError(f"{key}.task must be one of {', '.join(TASKS)}, got {self.task!r}")
 
@@ -417,13 +420,23 @@ def params_from_dict(raw: Mapping[str, Any], source: str = "params.yaml") -> Par
     return params
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML 1.1 (PyYAML) reads ``1e-05`` as text; ``dvc exp run -S train.lr=1e-5`` writes
+    floats that way, and YAML 1.2 (DVC's reader) takes them as numbers, so this one does too."""
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the project root)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_ParamsLoader)  # noqa: S506 (safe)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})") from None
     return params_from_dict(raw or {}, str(path))

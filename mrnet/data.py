@@ -9,11 +9,12 @@ Case ids are strings ("0000"); labels are joined to files by case id, never by p
 
 from __future__ import annotations
 
-import csv
+import re
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
+import pandas as pd
 
 from mrnet import PLANES, SPLITS, TASKS
 from mrnet.errors import DatasetError
@@ -43,8 +44,10 @@ def _check_name(value: str, allowed: Sequence[str], what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
 
 
-def read_labels(path: str | Path) -> dict[str, int]:
-    """Read a header-less ``case_id,label`` CSV into {case_id: label}, in file order.
+def read_labels(path: str | Path) -> pd.Series:
+    """Read a header-less ``case_id,label`` CSV into a Series of labels indexed by case id.
+
+    Case ids stay strings ("0000"), in file order; the Series is named after the file's task.
 
     Raises:
         DatasetError: the file is missing, has a header row, a malformed row, a label other
@@ -53,29 +56,48 @@ def read_labels(path: str | Path) -> dict[str, int]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: label CSV not found")
-    labels: dict[str, int] = {}
-    # utf-8-sig: a CSV saved from Excel starts with a byte-order mark that would otherwise
-    # glue onto the first case id and read as a header row.
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != 2:
-                raise DatasetError(f"{path}:{lineno}: expected 2 columns (case id, label), "
-                                   f"got {len(row)}: {','.join(row)!r}")
-            case_id, label = row[0].strip(), row[1].strip()
-            if not case_id.isdigit():
-                what = "a header row" if lineno == 1 else "a case id that is not a number"
-                raise DatasetError(f"{path}:{lineno}: {what} ({','.join(row)!r}); "
-                                   "MRNet label CSVs have no header and numeric case ids")
-            if label not in ("0", "1"):
-                raise DatasetError(f"{path}:{lineno}: case {case_id} has label {label!r}; "
-                                   "labels must be 0 or 1")
-            if case_id in labels:
-                raise DatasetError(f"{path}:{lineno}: case {case_id} is listed twice")
-            labels[case_id] = int(label)
-    if not labels:
+    try:
+        # dtype=str: "0007" must not become 7. A cell missing from a short row is NaN, which is
+        # how fields are counted; one spare column catches a row with a field too many.
+        # utf-8-sig: a CSV saved from Excel starts with a byte-order mark that would otherwise
+        # glue onto the first case id and read as a header row.
+        raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False,
+                          skip_blank_lines=False, encoding="utf-8-sig", engine="python",
+                          names=range(3))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not a UTF-8 text CSV ({exc.reason})") from None
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: label CSV is empty") from None
+    except pd.errors.ParserError as exc:
+        found = re.search(r"Expected \d+ fields in line (\d+), saw (\d+)", str(exc))
+        where = f"{path}:{found.group(1)}" if found else str(path)
+        raise DatasetError(f"{where}: expected 2 columns (case id, label)"
+                           + (f", got {found.group(2)}" if found else f" ({exc})")) from None
+    raw.index = raw.index + 1  # file line numbers
+    n_fields = raw.notna().sum(axis=1)
+    raw = raw.fillna("").apply(lambda col: col.str.strip())
+    keep = (raw != "").any(axis=1)  # blank lines are harmless
+    raw, n_fields = raw[keep], n_fields[keep]
+    if raw.empty:
         raise DatasetError(f"{path}: label CSV is empty")
+    seen: dict[str, int] = {}
+    for lineno, case_id, label, _ in raw.itertuples(name=None):
+        row = ",".join(raw.loc[lineno].tolist()[:n_fields[lineno]])
+        if n_fields[lineno] != 2:
+            raise DatasetError(f"{path}:{lineno}: expected 2 columns (case id, label), "
+                               f"got {n_fields[lineno]}: {row!r}")
+        if not case_id.isdigit():
+            what = "a header row" if lineno == raw.index[0] else "a case id that is not a number"
+            raise DatasetError(f"{path}:{lineno}: {what} ({row!r}); "
+                               "MRNet label CSVs have no header and numeric case ids")
+        if label not in ("0", "1"):
+            raise DatasetError(f"{path}:{lineno}: case {case_id} has label {label!r}; "
+                               "labels must be 0 or 1")
+        if case_id in seen:
+            raise DatasetError(f"{path}:{lineno}: case {case_id} is listed twice")
+        seen[case_id] = lineno
+    labels = pd.Series(raw[1].astype(int).to_numpy(), index=pd.Index(raw[0].tolist(),
+                       dtype=object, name="case_id"), name=path.stem.split("-", 1)[-1])
     return labels
 
 
@@ -94,21 +116,20 @@ def list_exams(root: str | Path, split: str, tasks: Iterable[str] = TASKS,
     for p in planes:
         _check_name(p, PLANES, "plane")
     per_task = {t: read_labels(label_csv(root, split, t)) for t in tasks}
-    ids = sorted(next(iter(per_task.values()))) if per_task else []
-    for t, labels in per_task.items():
-        missing = sorted(set(ids) - set(labels))
-        extra = sorted(set(labels) - set(ids))
-        if missing or extra:
-            case = (missing or extra)[0]
-            other = tasks[0]
-            raise DatasetError(f"{label_csv(root, split, t)}: case {case} is "
-                               f"{'missing' if missing else 'listed'} here but "
-                               f"{'listed' if missing else 'missing'} in "
-                               f"{label_csv(root, split, other).name}")
+    table = pd.concat(per_task, axis=1, join="outer") if per_task else pd.DataFrame()
+    if table.isna().to_numpy().any():
+        for t in tasks:
+            missing = table.index[table[t].isna()]
+            if len(missing):
+                case = sorted(missing)[0]
+                other = next(o for o in tasks if pd.notna(table.at[case, o]))
+                raise DatasetError(f"{label_csv(root, split, t)}: case {case} is missing here "
+                                   f"but listed in {label_csv(root, split, other).name}")
+    ids = sorted(table.index)
     return [
         Exam(case_id=cid, split=split,
              paths={p: series_path(root, split, p, cid) for p in planes},
-             labels={t: per_task[t][cid] for t in tasks})
+             labels={t: int(table.at[cid, t]) for t in tasks})
         for cid in ids
     ]
 

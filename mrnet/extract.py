@@ -9,7 +9,7 @@ import torch
 
 from mrnet.config import Params
 from mrnet.engine import predict_logits
-from mrnet.probs import write_probs
+from mrnet.probs import make_probs, write_probs
 from mrnet.train import (fast_layout, load_checkpoint, load_exam_set, select_device,
                          tune_case_ids, use_bf16)
 
@@ -41,6 +41,6 @@ def extract_probs(params: Params, task: str, plane: str) -> Path:
         labels += data.labels.numpy().astype(int).tolist()
         probs += torch.sigmoid(torch.from_numpy(logits).double()).numpy().tolist()
     out = Path(params.extract.out) / f"{task}-{plane}.csv"
-    write_probs(out, case_ids, splits, labels, probs)
+    write_probs(out, make_probs(case_ids, splits, labels, probs))
     log.info("%s-%s: %d probabilities -> %s", task, plane, len(case_ids), out)
     return out

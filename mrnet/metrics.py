@@ -1,12 +1,16 @@
-"""Valid-split metrics of per-exam probability tables: AUC with bootstrap CI, sensitivity,
-specificity and accuracy at 0.5 and at a Youden threshold chosen on the fit split.
+"""Valid-split metrics of per-exam probability tables: AUC with bootstrap CI, calibration, and
+sensitivity, specificity and accuracy at 0.5 and at the operating point.
+
+The operating point of a model is the Youden threshold chosen on its fit split (the tune
+hold-out when there is one, else train), never on valid; every threshold-dependent figure
+names its threshold in its key (``*_at_0.5``, ``*_at_operating_point``).
 
 A probability table (``case_id,split,label,prob``, one row per exam and split) is what the
 extract and ensemble stages write. Tables of one task are joined by case id, never by row
 order, and must agree on which valid cases exist and on their labels.
 
 Everything here is pure (tables are read by :mod:`mrnet.probs`); undefined values (an AUC with one
-class, a sensitivity without positives) are NaN in memory and ``null`` in metrics.json, never
+class, a sensitivity without positives) are NaN in memory and ``null`` in the JSON reports, never
 a made-up 0.5.
 """
 
@@ -18,18 +22,20 @@ import zlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from mrnet.errors import UserError
-from mrnet.probs import ProbTable
+from mrnet.probs import fit_split, join_tables, rows, source
 
 log = logging.getLogger(__name__)
 
-# metrics.json precision: enough to compare runs, short enough to read in `dvc metrics show`.
+# Precision of the JSON reports: enough to compare runs, short enough to read in `dvc metrics show`.
 DECIMALS = 4
 # Cap on the resample × case matrix of one bootstrap chunk, so 10k cases × 10k resamples
 # still fits in a few hundred MB.
 _BOOT_CHUNK_ELEMENTS = 1 << 22
+# Equal-width probability bins of the reliability curve and the ECE.
+RELIABILITY_BINS = 10
 
 
 
@@ -180,105 +186,130 @@ def binary_metrics(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | 
             "accuracy": (tp + tn) / labels.size}
 
 
-def fit_split(table: ProbTable) -> str:
-    """The split a threshold is chosen on: "tune" when the table has one, else "train"."""
-    return "tune" if table.has_split("tune") else "train"
-
-
-def joined_valid(tables: Mapping[str, ProbTable]) -> tuple[np.ndarray, np.ndarray]:
-    """Check that every table covers the same valid cases with the same labels.
-
-    Args:
-        tables: model name -> table, all of one task.
+def reliability(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray,
+                n_bins: int = RELIABILITY_BINS) -> pd.DataFrame:
+    """Reliability (calibration) curve: ``n_bins`` equal-width probability bins.
 
     Returns:
-        (case_ids, labels) of the valid split, in case-id order.
-
-    Raises:
-        UserError: naming the table that lacks a case another table scores (and that other
-            table), or a case whose label differs between two tables.
+        One row per non-empty bin: ``bin`` (its index), ``predicted`` (mean probability),
+        ``observed`` (fraction of positives) and ``n`` (cases). Bin edges are closed on the
+        right, except that 0 falls in the first bin.
     """
-    if not tables:
-        raise ValueError("no tables to join")
-    # The first table that holds a case is the reference for its label, and the witness
-    # named when another table lacks it: the error blames the table with the hole.
-    label_of: dict[str, int] = {}
-    holder: dict[str, str] = {}
-    per_table = []
-    for table in tables.values():
-        ids, labels, _ = table.select("valid")
-        per_table.append((table, set(ids.tolist())))
-        for case_id, label in zip(ids.tolist(), labels.tolist()):
-            if case_id not in label_of:
-                label_of[case_id], holder[case_id] = label, table.source
-            elif label != label_of[case_id]:
-                raise UserError(f"{table.source}: valid case {case_id} has label {label} but "
-                                f"{holder[case_id]} says {label_of[case_id]}")
-    for table, ids in per_table:
-        missing = sorted(set(label_of) - ids)
-        if missing:
-            raise UserError(f"{table.source}: valid case {missing[0]} (scored in "
-                            f"{holder[missing[0]]}) is missing ({len(missing)} missing in "
-                            f"all); every model of a task must score the same valid cases")
-    case_ids = np.asarray(sorted(label_of), dtype=object)
-    return case_ids, np.asarray([label_of[c] for c in case_ids], dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    bins = np.clip(np.ceil(probs * n_bins).astype(int) - 1, 0, n_bins - 1)
+    df = pd.DataFrame({"bin": bins, "prob": probs, "label": labels})
+    out = df.groupby("bin").agg(predicted=("prob", "mean"), observed=("label", "mean"),
+                                n=("label", "size")).reset_index()
+    return out
 
 
-def evaluate_model(table: ProbTable, n_boot: int, ci: float,
-                   seed: int | Sequence[int]) -> dict[str, float]:
-    """Metrics of one model on its valid rows; see :func:`evaluate_task` for the keys."""
-    _, labels, probs = table.select("valid")
+def expected_calibration_error(labels: Sequence[int] | np.ndarray,
+                               probs: Sequence[float] | np.ndarray,
+                               n_bins: int = RELIABILITY_BINS) -> float:
+    """ECE: the case-weighted mean of |observed − predicted| over the reliability bins."""
+    curve = reliability(labels, probs, n_bins)
+    if curve.empty:
+        return float("nan")
+    return float((curve["n"] * (curve["observed"] - curve["predicted"]).abs()).sum()
+                 / curve["n"].sum())
+
+
+def brier(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray) -> float:
+    """Brier score: the mean squared difference between probability and label."""
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.size == 0:
+        return float("nan")
+    return float(np.mean((np.asarray(probs, dtype=np.float64) - labels) ** 2))
+
+
+def operating_point(table: pd.DataFrame) -> tuple[float, str]:
+    """The operating threshold of a model and the split it was chosen on.
+
+    The Youden threshold on the table's fit split (tune when present, else train): valid rows
+    never take part, so valid figures at this threshold are honest estimates.
+
+    Returns:
+        (threshold, split); the threshold is NaN when that split has one class or no rows.
+    """
     split = fit_split(table)
-    _, fit_labels, fit_probs = table.select(split)
-    threshold = youden_threshold(fit_labels, fit_probs)
+    fit = rows(table, split)
+    threshold = youden_threshold(fit["label"].to_numpy(), fit["prob"].to_numpy())
     if math.isnan(threshold):
-        log.warning("%s: the %s split has %s; no Youden threshold", table.source, split,
-                    "no rows" if fit_labels.size == 0 else "a single class")
+        log.warning("%s: the %s split has %s; no operating point", source(table), split,
+                    "no rows" if fit.empty else "a single class")
+    return threshold, split
+
+
+def evaluate_model(table: pd.DataFrame, n_boot: int, ci: float,
+                   seed: int | Sequence[int]) -> dict[str, Any]:
+    """Metrics of one model on its valid rows; see :func:`evaluate_task` for the keys."""
+    valid = rows(table, "valid")
+    labels, probs = valid["label"].to_numpy(), valid["prob"].to_numpy()
+    threshold, split = operating_point(table)
     samples = bootstrap_aucs(labels, probs, n_boot, seed)
     lo, hi = percentile_ci(samples, ci)
     at_half = binary_metrics(labels, probs, 0.5)
-    at_youden = binary_metrics(labels, probs, threshold)
+    at_op = binary_metrics(labels, probs, threshold)
     return {
         "auc": auc(labels, probs),
         "auc_ci_low": lo,
         "auc_ci_high": hi,
-        "sensitivity": at_half["sensitivity"],
-        "specificity": at_half["specificity"],
-        "accuracy": at_half["accuracy"],
-        "youden_threshold": threshold,
-        "youden_sensitivity": at_youden["sensitivity"],
-        "youden_specificity": at_youden["specificity"],
-        "youden_accuracy": at_youden["accuracy"],
+        "average_precision": (float(average_precision_score(labels, probs))
+                              if 0 < labels.sum() < labels.size else float("nan")),
+        "brier": brier(labels, probs),
+        "ece": expected_calibration_error(labels, probs),
+        **{f"{k}_at_0.5": v for k, v in at_half.items()},
+        "operating_point": threshold,
+        "operating_point_split": split,
+        **{f"{k}_at_operating_point": v for k, v in at_op.items()},
         "n_valid": int(labels.size),
         "n_pos": int(labels.sum()),
         "boot_skipped": int(np.isnan(samples).sum()),
     }
 
 
-def evaluate_task(tables: Mapping[str, ProbTable], n_boot: int, ci: float,
-                  seed: int | Sequence[int]) -> dict[str, dict[str, float]]:
+def evaluate_task(tables: Mapping[str, pd.DataFrame], n_boot: int, ci: float,
+                  seed: int | Sequence[int]) -> dict[str, dict[str, Any]]:
     """Valid-split metrics of every model of one task.
 
     All models get the same bootstrap resamples (same seed, cases in case-id order), so their
-    CIs come from the same case draws and are comparable.
+    CIs come from the same case draws, and the AUC difference of each model to the ensemble
+    gets a paired bootstrap CI.
 
     Args:
         tables: model name (a plane, "ensemble", …) -> its table, all of one task.
         n_boot: bootstrap resamples.
-        ci: coverage of the AUC interval.
+        ci: coverage of the AUC intervals.
         seed: bootstrap seed.
 
     Returns:
-        model -> {auc, auc_ci_low, auc_ci_high, sensitivity, specificity, accuracy (at 0.5),
-        youden_threshold (chosen on the "tune" rows if present, else "train"),
-        youden_sensitivity, youden_specificity, youden_accuracy (valid at that threshold),
-        n_valid, n_pos, boot_skipped}. Values are unrounded; NaN where undefined.
+        model -> {auc, auc_ci_low, auc_ci_high, average_precision, brier, ece (reliability
+        bins of width 0.1), sensitivity_at_0.5, specificity_at_0.5, accuracy_at_0.5,
+        operating_point (the Youden threshold on the fit split), operating_point_split
+        ("train" or "tune"), sensitivity/specificity/accuracy_at_operating_point (valid at
+        that threshold), n_valid, n_pos, boot_skipped}, and for every model but the ensemble
+        auc_minus_ensemble with its paired CI (auc_minus_ensemble_ci_low/high). Values are
+        unrounded; NaN where undefined.
 
     Raises:
         UserError: when the tables disagree on the valid cases or their labels.
     """
-    joined_valid(tables)
-    return {name: evaluate_model(table, n_boot, ci, seed) for name, table in tables.items()}
+    join_tables(tables, "valid")
+    out = {name: evaluate_model(table, n_boot, ci, seed) for name, table in tables.items()}
+    if "ensemble" in tables:
+        base = rows(tables["ensemble"], "valid")
+        base_samples = bootstrap_aucs(base["label"], base["prob"], n_boot, seed)
+        for name, table in tables.items():
+            if name == "ensemble":
+                continue
+            valid = rows(table, "valid")
+            diff = bootstrap_aucs(valid["label"], valid["prob"], n_boot, seed) - base_samples
+            lo, hi = percentile_ci(diff, ci)
+            out[name].update({"auc_minus_ensemble": out[name]["auc"] - out["ensemble"]["auc"],
+                              "auc_minus_ensemble_ci_low": lo,
+                              "auc_minus_ensemble_ci_high": hi})
+    return out
 
 
 def task_seed(seed: int, task: str) -> list[int]:
@@ -287,7 +318,7 @@ def task_seed(seed: int, task: str) -> list[int]:
 
 
 def _rounded(value: Any) -> Any:
-    """Round floats for metrics.json; NaN becomes null (JSON has no NaN)."""
+    """Round floats for the JSON reports; NaN becomes null (JSON has no NaN)."""
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
     if isinstance(value, (float, np.floating)):
@@ -297,9 +328,9 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def evaluate_all(tables: Mapping[str, Mapping[str, ProbTable]], n_boot: int, ci: float,
+def evaluate_all(tables: Mapping[str, Mapping[str, pd.DataFrame]], n_boot: int, ci: float,
                  seed: int) -> dict[str, Any]:
-    """metrics.json: every task's metrics and the mean AUC over tasks per model.
+    """The full metrics report: every task's metrics and the mean AUC over tasks per model.
 
     Args:
         tables: task -> model -> table.
@@ -317,3 +348,68 @@ def evaluate_all(tables: Mapping[str, Mapping[str, ProbTable]], n_boot: int, ci:
               if all(m in models for models in per_task.values())]
     mean_auc = {m: float(np.mean([per_task[t][m]["auc"] for t in per_task])) for m in common}
     return _rounded({"mean_auc": mean_auc, **per_task})
+
+
+# The headline: what `dvc metrics show` and `dvc exp show` display, one file per task and one
+# for the means. The ensemble is the headline model; figures at a threshold name it.
+HEADLINE_KEYS = ("auc", "auc_ci_low", "auc_ci_high", "multitask_auc", "operating_point",
+                 "sensitivity_at_operating_point", "specificity_at_operating_point")
+
+
+def headline(report: Mapping[str, Any], model: str = "ensemble",
+             other: str = "multitask") -> dict[str, dict[str, Any]]:
+    """The headline figures of a full report (:func:`evaluate_all`'s rounded output).
+
+    Returns:
+        ``{task: {auc, auc_ci_low, auc_ci_high (of ``model``), multitask_auc (``other``'s AUC,
+        only when it ran), operating_point, sensitivity_at_operating_point,
+        specificity_at_operating_point (of ``model``, the threshold from its fit split)},
+        "mean": {auc, multitask_auc}}``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    tasks = [t for t in report if t != "mean_auc"]
+    for task in tasks:
+        r = report[task][model]
+        row = {k: r[k] for k in ("auc", "auc_ci_low", "auc_ci_high")}
+        if other in report[task]:
+            row["multitask_auc"] = report[task][other]["auc"]
+        row.update({k: r[k] for k in ("operating_point", "sensitivity_at_operating_point",
+                                       "specificity_at_operating_point")})
+        out[task] = row
+    out["mean"] = {"auc": report["mean_auc"].get(model)}
+    if other in report["mean_auc"]:
+        out["mean"]["multitask_auc"] = report["mean_auc"][other]
+    return out
+
+
+def metrics_table(report: Mapping[str, Any]) -> pd.DataFrame:
+    """The full report as one table: a row per (task, model), a column per figure."""
+    records = [{"task": task, "model": model, **values}
+               for task, models in report.items() if task != "mean_auc"
+               for model, values in models.items()]
+    return pd.DataFrame.from_records(records)
+
+
+def largest_errors(table: pd.DataFrame, threshold: float, n: int) -> pd.DataFrame:
+    """The valid exams a model gets most wrong at ``threshold``.
+
+    Args:
+        table: a probability table.
+        threshold: prob >= threshold calls an exam positive.
+        n: how many of each kind.
+
+    Returns:
+        Up to ``n`` false positives (highest probability first) then up to ``n`` false
+        negatives (lowest probability first): columns ``case_id, label, prob, error``
+        ("false positive" or "false negative"). Empty when the threshold is NaN.
+    """
+    valid = rows(table, "valid")
+    cols = ["case_id", "label", "prob", "error"]
+    if math.isnan(threshold):
+        return pd.DataFrame(columns=cols)
+    called = valid["prob"] >= threshold
+    fp = valid[called & (valid["label"] == 0)].sort_values(["prob", "case_id"],
+                                                            ascending=[False, True]).head(n)
+    fn = valid[~called & (valid["label"] == 1)].sort_values(["prob", "case_id"]).head(n)
+    out = pd.concat([fp.assign(error="false positive"), fn.assign(error="false negative")])
+    return out.loc[:, cols].reset_index(drop=True)

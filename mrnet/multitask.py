@@ -23,7 +23,7 @@ from mrnet.engine import (ExamSet, autocast, compute_pos_weight, iterate_batches
                           weighted_bce)
 from mrnet.errors import DatasetError
 from mrnet.model import MRNetConfig, MultitaskMRNet, normalize
-from mrnet.probs import write_probs
+from mrnet.probs import make_probs, write_probs
 from mrnet.train import (EpochFn, derive_seed, fast_layout, fingerprint, labels_for,
                          load_exam_set, run_training, select_device, selection_sets,
                          slices_checksum, use_bf16)
@@ -200,6 +200,6 @@ def train_multitask(params: Params, *, stop_after: int | None = None,
             r[2] += data.labels[:, t].numpy().astype(int).tolist()
             r[3] += probs[:, t].tolist()
     for task in TASKS:
-        write_probs(out / f"{NAME}-{task}.csv", *rows[task])
+        write_probs(out / f"{NAME}-{task}.csv", make_probs(*rows[task]))
     return {"best_epoch": state.best_epoch, "val_auc": state.best_auc,
             "epochs_run": state.epoch, "selection": selection}

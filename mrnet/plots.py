@@ -1,4 +1,10 @@
-"""ROC curves: points, a PNG per task, and CSV data for ``dvc plots show/diff``.
+"""Curves for people and for ``dvc plots``: ROC, precision-recall, reliability, learning.
+
+Each kind of curve is one long table per task (a ``model`` column, an ``i`` column giving the
+drawing order, then the axes), written as CSV into a folder that dvc.yaml's top-level
+``plots:`` declares with the template ``plots/templates/models.json``, which colours by
+model: whatever models ran are drawn, and a model that did not run simply has no rows. The ROC
+curves are also drawn as a PNG per task.
 
 Figures are built with matplotlib's object API on an Agg canvas, so nothing depends on (or
 changes) the global pyplot state or the user's display backend.
@@ -12,9 +18,10 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_curve
+import pandas as pd
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-from mrnet.io import atomic_path, write_text
+from mrnet.io import atomic_path
 
 Curve = tuple[np.ndarray, np.ndarray, float]
 
@@ -73,18 +80,67 @@ def plot_roc(task: str, curves: Mapping[str, Curve], path: str | os.PathLike) ->
         fig.savefig(tmp, format="png")
 
 
-def write_roc_csv(path: str | os.PathLike, fpr: Sequence[float] | np.ndarray,
-                  tpr: Sequence[float] | np.ndarray) -> None:
-    """Write ROC points as ``fpr,tpr`` CSV with a header, atomically (for DVC plots).
+def _long(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], x: str, y: str) -> pd.DataFrame:
+    parts = [pd.DataFrame({"model": name, "i": np.arange(len(xs)), x: xs, y: ys})
+             for name, (xs, ys) in curves.items()]
+    if not parts:
+        return pd.DataFrame(columns=["model", "i", x, y])
+    return pd.concat(parts, ignore_index=True)
+
+
+def roc_table(valid: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """ROC points of every model: ``model, i, fpr, tpr``.
 
     Args:
-        path: the CSV to write.
-        fpr, tpr: points of equal length; may be empty (header only).
+        valid: model -> (labels, probs) on the valid split; a model whose labels hold one
+            class has no curve and no rows.
     """
-    fpr = np.asarray(fpr, dtype=np.float64)
-    tpr = np.asarray(tpr, dtype=np.float64)
-    if fpr.shape != tpr.shape or fpr.ndim != 1:
-        raise ValueError(f"fpr and tpr must be 1-D of one length, got {fpr.shape} and "
-                         f"{tpr.shape}")
-    lines = ["fpr,tpr"] + [f"{f:.6g},{t:.6g}" for f, t in zip(fpr, tpr)]
-    write_text(path, "\n".join(lines) + "\n")
+    curves = {}
+    for name, (labels, probs) in valid.items():
+        try:
+            curves[name] = roc_points(labels, probs)
+        except ValueError:
+            continue
+    return _long(curves, "fpr", "tpr")
+
+
+def pr_table(valid: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """Precision-recall points of every model: ``model, i, recall, precision``, recall rising.
+
+    Args:
+        valid: model -> (labels, probs); a model without positives has no rows.
+    """
+    curves = {}
+    for name, (labels, probs) in valid.items():
+        labels = np.asarray(labels)
+        if labels.size == 0 or labels.sum() == 0:
+            continue
+        precision, recall, _ = precision_recall_curve(labels, np.asarray(probs, np.float64))
+        curves[name] = (recall[::-1], precision[::-1])
+    return _long(curves, "recall", "precision")
+
+
+def reliability_table(curves: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Reliability curves of every model: ``model, i, predicted, observed, n``.
+
+    Args:
+        curves: model -> :func:`mrnet.metrics.reliability` output.
+    """
+    parts = [c.rename(columns={"bin": "i"}).assign(model=name)
+             for name, c in curves.items()]
+    cols = ["model", "i", "predicted", "observed", "n"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+def read_dvclive_series(path: str | os.PathLike, metric: str) -> pd.DataFrame:
+    """One metric's per-epoch series from a DVCLive ``.tsv``: columns ``step, value``."""
+    df = pd.read_csv(path, sep="\t")
+    if "step" not in df.columns or metric not in df.columns:
+        raise ValueError(f"{path}: expected columns step and {metric}, got {list(df.columns)}")
+    return pd.DataFrame({"step": df["step"].astype(int), "value": df[metric].astype(float)})
+
+
+def write_table(path: str | os.PathLike, df: pd.DataFrame) -> None:
+    """Write a curve table as CSV with a header, atomically (6 significant digits)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")

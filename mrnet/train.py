@@ -157,12 +157,12 @@ def fit_loop(model: torch.nn.Module, cfg: TrainConfig, optimizer: torch.optim.Op
 def labels_for(root: str | Path, split: str, task: str, case_ids: list[str]) -> np.ndarray:
     """Labels of ``task`` for ``case_ids``, joined by case id."""
     path = label_csv(root, split, task)
-    labels = read_labels(path)
-    missing = [c for c in case_ids if c not in labels]
-    if missing:
+    labels = read_labels(path).reindex(case_ids)
+    missing = labels.index[labels.isna()]
+    if len(missing):
         raise DatasetError(f"{path}: no label for case {missing[0]} "
                            f"({len(missing)} prepared exams unlabelled)")
-    return np.array([labels[c] for c in case_ids], dtype=np.float32)
+    return labels.to_numpy(dtype=np.float32)
 
 
 def load_exam_set(prepared: str | Path, root: str | Path, plane: str, split: str,

@@ -107,7 +107,7 @@ def _check_case_ids(root: Path, split: str) -> None:
     """Every case id of the split's CSVs is 4 zero-padded digits (as the file names are)."""
     for task in TASKS:
         path = label_csv(root, split, task)
-        for case_id in read_labels(path):
+        for case_id in read_labels(path).index:
             if not CASE_ID.fullmatch(case_id):
                 raise DatasetError(f"{path}: case id {case_id!r} is not 4 zero-padded digits "
                                    "(like 0007); was the CSV rewritten by a reader that "

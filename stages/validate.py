@@ -1,4 +1,4 @@
-"""Stage validate: check data.root against the MRNet-v1.0 contract; write metrics/dataset.json.
+"""Stage validate: check data.root against the MRNet-v1.0 contract; write reports/dataset.json.
 
 On bad data it stops with one ``error:`` line before writing anything, so the previous report
 stays in place.
@@ -17,7 +17,7 @@ from mrnet.validate import validate_dataset
 
 log = logging.getLogger("stages.validate")
 
-REPORT = Path("metrics/dataset.json")
+REPORT = Path("reports/dataset.json")
 
 
 @cli

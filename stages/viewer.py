@@ -1,6 +1,8 @@
-"""Stage viewer: self-contained HTML viewers of the first ``viewer.n_exams`` valid exams.
+"""Stage viewer: self-contained HTML viewers of the exams worth looking at.
 
-Writes ``{viewer.out}/{case_id}.html`` for the valid exams of ``data.root`` in case-id order:
+Writes ``{viewer.out}/{case_id}.html`` for every valid exam that the evaluate stage's error
+report (``reports/errors.json``) lists, in case-id order, so each link in
+``reports/errors.md`` opens its exam:
 the three planes' slices with sliders, each task's CAM overlay, the ensemble and per-plane
 probabilities from the trained models, and the reference labels. Open them from disk.
 """
@@ -12,7 +14,8 @@ import logging
 from mrnet import PLANES
 from mrnet.config import load_params
 from mrnet.data import list_exams, load_series
-from mrnet.errors import cli
+from mrnet.errors import UserError, cli
+from mrnet.report import ERRORS_JSON, error_cases
 from mrnet.predict import exam_report, predict_volumes, predictor_for
 from mrnet.train import select_device
 from mrnet.viewer import exam_viewer, write_pages
@@ -24,9 +27,14 @@ log = logging.getLogger("stages.viewer")
 def main() -> None:
     params = load_params()
     cfg = params.viewer
-    exams = list_exams(params.data.root, "valid")[:cfg.n_exams]
-    log.info("viewer: %d valid exams of %s, first task %s -> %s", len(exams), params.data.root,
-             cfg.task, cfg.out)
+    wanted = error_cases(ERRORS_JSON)
+    exams = [e for e in list_exams(params.data.root, "valid") if e.case_id in wanted]
+    missing = sorted(wanted - {e.case_id for e in exams})
+    if missing:
+        raise UserError(f"{ERRORS_JSON}: valid case {missing[0]} is not in "
+                        f"{params.data.root} (rerun the pipeline: the report is out of date)")
+    log.info("viewer: %d valid exams of %s listed in %s, first task %s -> %s", len(exams),
+             params.data.root, ERRORS_JSON, cfg.task, cfg.out)
     predictor = predictor_for(params, select_device(params.train.device))
     volumes = [{p: load_series(e.paths[p]) for p in PLANES} for e in exams]
     prediction = predict_volumes(predictor, volumes, [e.case_id for e in exams])

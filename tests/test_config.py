@@ -21,10 +21,10 @@ def _without(raw: dict, section: str, key: str) -> dict:
 def test_project_params_load() -> None:
     params = params_from_dict(raw_params())
     assert params.train.epochs == raw_params()["train"]["epochs"]
-    assert params.viewer.n_exams == raw_params()["viewer"]["n_exams"]
+    assert params.evaluate.n_errors == raw_params()["evaluate"]["n_errors"]
 
 
-@pytest.mark.parametrize("section, key", [("train", "epochs"), ("viewer", "n_exams"),
+@pytest.mark.parametrize("section, key", [("train", "epochs"), ("evaluate", "n_errors"),
                                           ("evaluate", "bootstrap"), ("data", "tune_fraction")])
 def test_missing_key_is_named(section: str, key: str) -> None:
     with pytest.raises(ParamsError, match=rf"params key {section}\.{key} is missing"):

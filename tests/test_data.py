@@ -100,7 +100,7 @@ def test_read_labels_windows_and_excel_csv(tmp_path: Path) -> None:
     # CRLF line ends and a UTF-8 byte-order mark, as a CSV saved from Excel has.
     path = tmp_path / "train-acl.csv"
     path.write_bytes(b"\xef\xbb\xbf0000,1\r\n0001,0\r\n")
-    assert read_labels(path) == {"0000": 1, "0001": 0}
+    assert read_labels(path).to_dict() == {"0000": 1, "0001": 0}
 
 
 @pytest.mark.parametrize("text, lineno, fragment", [

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,13 @@ from sklearn.metrics import roc_auc_score
 from mrnet import PLANES, TASKS
 from mrnet import metrics as M
 from mrnet.errors import UserError
-from mrnet.probs import ProbTable, read_probs
-from mrnet.metrics import (auc, binary_metrics, bootstrap_aucs, bootstrap_ci,
-                           evaluate_all, evaluate_task, youden_threshold)
-from mrnet.plots import plot_roc, roc_points, write_roc_csv
+import pandas as pd
+
+from mrnet.probs import make_probs, read_probs, rows
+from mrnet.metrics import (auc, binary_metrics, bootstrap_aucs, bootstrap_ci, brier,
+                           evaluate_all, evaluate_task, expected_calibration_error, headline,
+                           largest_errors, reliability, youden_threshold)
+from mrnet.plots import plot_roc, roc_points, roc_table, write_table
 
 PROJECT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -34,12 +36,13 @@ def _scores(rng: np.random.Generator, labels: np.ndarray, signal: float) -> np.n
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-def _table(ids: list[str], splits: list[str], labels, probs, source: str = "t") -> ProbTable:
-    return ProbTable.from_rows(source, ids, splits, labels, probs)
+def _table(ids: list[str], splits: list[str], labels, probs,
+           source: str = "t") -> pd.DataFrame:
+    return make_probs(ids, splits, labels, probs, source=source)
 
 
 def _task_tables(seed: int = 0, n_train: int = 30, n_valid: int = 24,
-                 models: tuple[str, ...] = (*PLANES, "ensemble")) -> dict[str, ProbTable]:
+                 models: tuple[str, ...] = (*PLANES, "ensemble")) -> dict[str, pd.DataFrame]:
     """One task's tables: shared ids and labels, different scores per model."""
     rng = np.random.default_rng(seed)
     n = n_train + n_valid
@@ -50,10 +53,9 @@ def _task_tables(seed: int = 0, n_train: int = 30, n_valid: int = 24,
             for k, m in enumerate(models)}
 
 
-def _permuted(table: ProbTable, seed: int) -> ProbTable:
+def _permuted(table: pd.DataFrame, seed: int) -> pd.DataFrame:
     order = np.random.default_rng(seed).permutation(len(table))
-    return ProbTable(table.source, table.case_id[order], table.split[order],
-                     table.label[order], table.prob[order])
+    return table.iloc[order].reset_index(drop=True)
 
 
 def _write_csv(path: Path, rows: list[tuple[str, str, int, float]],
@@ -127,15 +129,6 @@ def test_bootstrap_ci_narrows_with_more_cases() -> None:
     assert widths[2000] < widths[50] / 3  # ~ sqrt(40) ≈ 6× narrower in theory
 
 
-def test_bootstrap_is_fast() -> None:
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 120)
-    probs = rng.random(120)
-    start = time.perf_counter()
-    bootstrap_ci(labels, probs, 1000, 0.95, seed=0)
-    assert time.perf_counter() - start < 0.5
-
-
 def test_single_class_resamples_are_skipped_and_counted() -> None:
     # One positive among 4 cases: about (3/4)^4 ≈ 32% of resamples have no positive.
     table = _table(["0", "1", "2", "3", "4"], ["train", "valid", "valid", "valid", "valid"],
@@ -178,11 +171,29 @@ def test_youden_threshold_comes_from_tune_rows_when_present() -> None:
     tune = np.array(splits) == "tune"
     train = np.array(splits) == "train"
     r = evaluate_task({"m": table}, 50, 0.95, seed=0)["m"]
-    assert r["youden_threshold"] == youden_threshold(labels[tune], probs[tune])
-    assert r["youden_threshold"] != youden_threshold(labels[train], probs[train])
+    assert r["operating_point"] == youden_threshold(labels[tune], probs[tune])
+    assert r["operating_point"] != youden_threshold(labels[train], probs[train])
+    assert r["operating_point_split"] == "tune"
     valid = np.array(splits) == "valid"
-    want = binary_metrics(labels[valid], probs[valid], r["youden_threshold"])
-    assert r["youden_sensitivity"] == want["sensitivity"]
+    want = binary_metrics(labels[valid], probs[valid], r["operating_point"])
+    assert r["sensitivity_at_operating_point"] == want["sensitivity"]
+    assert r["specificity_at_0.5"] == binary_metrics(labels[valid], probs[valid],
+                                                      0.5)["specificity"]
+
+
+def test_operating_point_ignores_valid_labels() -> None:
+    tables = _task_tables(seed=2)
+    before = evaluate_task(tables, 50, 0.95, seed=0)
+    flipped = {}
+    for name, t in tables.items():
+        t = t.copy()
+        valid = t["split"] == "valid"
+        t.loc[valid, "label"] = 1 - t.loc[valid, "label"]
+        flipped[name] = t
+    after = evaluate_task(flipped, 50, 0.95, seed=0)
+    for name in tables:
+        assert after[name]["operating_point"] == before[name]["operating_point"]
+        assert after[name]["auc"] == pytest.approx(1 - before[name]["auc"])
 
 
 # --- the join -------------------------------------------------------------------------------
@@ -192,17 +203,16 @@ def test_evaluate_task_joins_by_case_id_not_row_order() -> None:
     shuffled = dict(tables, coronal=_permuted(tables["coronal"], seed=1))
     assert evaluate_task(shuffled, 200, 0.95, seed=4) == evaluate_task(tables, 200, 0.95, seed=4)
     r = evaluate_task(tables, 200, 0.95, seed=4)
-    _, labels, probs = tables["sagittal"].select("valid")
-    assert r["sagittal"]["auc"] == pytest.approx(roc_auc_score(labels, probs))
+    valid = rows(tables["sagittal"], "valid")
+    assert r["sagittal"]["auc"] == pytest.approx(roc_auc_score(valid["label"], valid["prob"]))
     assert r["sagittal"]["n_valid"] == 24 and r["sagittal"]["n_pos"] == 12
 
 
 def test_evaluate_task_rejects_a_missing_valid_case() -> None:
     tables = _task_tables()
     ax = tables["axial"]
-    keep = ax.case_id != "0040"
-    tables["axial"] = ProbTable("axial.csv", ax.case_id[keep], ax.split[keep],
-                                ax.label[keep], ax.prob[keep])
+    tables["axial"] = ax[ax["case_id"] != "0040"]
+    tables["axial"].attrs["source"] = "axial.csv"
     with pytest.raises(UserError, match=r"axial\.csv.*0040"):
         evaluate_task(tables, 50, 0.95, seed=0)
     # Whichever table comes first, the one with the hole is named.
@@ -212,10 +222,10 @@ def test_evaluate_task_rejects_a_missing_valid_case() -> None:
 
 def test_evaluate_task_rejects_a_mismatched_label() -> None:
     tables = _task_tables()
-    ens = tables["ensemble"]
-    label = ens.label.copy()
-    label[ens.case_id == "0033"] ^= 1
-    tables["ensemble"] = ProbTable("ensemble-x.csv", ens.case_id, ens.split, label, ens.prob)
+    ens = tables["ensemble"].copy()
+    ens.loc[ens["case_id"] == "0033", "label"] ^= 1
+    ens.attrs["source"] = "ensemble-x.csv"
+    tables["ensemble"] = ens
     with pytest.raises(UserError, match=r"ensemble-x\.csv.*0033"):
         evaluate_task(tables, 50, 0.95, seed=0)
 
@@ -228,6 +238,9 @@ def test_evaluate_all_layout_rounding_and_means() -> None:
     for task in TASKS:
         for model, r in out[task].items():
             for key, value in r.items():
+                if key == "operating_point_split":
+                    assert value == "train"
+                    continue
                 assert isinstance(value, (int, float)), (task, model, key)
                 assert value == round(value, 4)
             assert r["auc_ci_low"] <= r["auc"] <= r["auc_ci_high"]
@@ -239,12 +252,11 @@ def test_evaluate_all_layout_rounding_and_means() -> None:
 
 def test_evaluate_all_writes_undefined_values_as_null() -> None:
     tables = {task: _task_tables(seed=i) for i, task in enumerate(TASKS)}
-    for name, t in tables["acl"].items():  # every valid case of acl negative
-        tables["acl"][name] = ProbTable(t.source, t.case_id, t.split,
-                                        np.where(t.split == "valid", 0, t.label), t.prob)
+    for t in tables["acl"].values():  # every valid case of acl negative
+        t.loc[t["split"] == "valid", "label"] = 0
     out = evaluate_all(tables, 50, 0.95, seed=0)
     assert out["acl"]["ensemble"]["auc"] is None
-    assert out["acl"]["ensemble"]["sensitivity"] is None
+    assert out["acl"]["ensemble"]["sensitivity_at_0.5"] is None
     assert out["mean_auc"]["ensemble"] is None
     assert out["abnormal"]["ensemble"]["auc"] is not None
     json.dumps(out, allow_nan=False)
@@ -257,12 +269,12 @@ def test_read_probs_keeps_ids_as_strings(tmp_path: Path) -> None:
     _write_csv(path, [("0000", "train", 1, 0.9), ("0007", "valid", 0, 0.25),
                       ("0010", "valid", 1, 1.0)])
     t = read_probs(path)
-    assert t.case_id.tolist() == ["0000", "0007", "0010"]
-    assert t.split.tolist() == ["train", "valid", "valid"]
-    assert t.label.tolist() == [1, 0, 1]
-    assert t.prob.tolist() == [0.9, 0.25, 1.0]
-    ids, labels, probs = t.select("valid")
-    assert ids.tolist() == ["0007", "0010"]
+    assert t["case_id"].tolist() == ["0000", "0007", "0010"]
+    assert t["split"].tolist() == ["train", "valid", "valid"]
+    assert t["label"].tolist() == [1, 0, 1]
+    assert t["prob"].tolist() == [0.9, 0.25, 1.0]
+    assert rows(t, "valid")["case_id"].tolist() == ["0007", "0010"]
+    assert t.attrs["source"] == str(path)
 
 
 @pytest.mark.parametrize("header, row, match", [
@@ -306,12 +318,85 @@ def test_roc_points_plot_and_csv(tmp_path: Path) -> None:
     plot_roc("acl", {"axial": (fpr, tpr, 0.75), "ensemble": (fpr, tpr, float("nan"))}, png)
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in tmp_path.iterdir()] == ["roc-acl.png"]  # no temp file left
-    out = tmp_path / "roc" / "acl" / "axial.csv"
-    write_roc_csv(out, fpr, tpr)
-    with out.open() as fh:
-        rows = list(csv.DictReader(fh))
-    assert [float(r["fpr"]) for r in rows] == pytest.approx(fpr.tolist(), abs=1e-6)
-    assert [float(r["tpr"]) for r in rows] == pytest.approx(tpr.tolist(), abs=1e-6)
+    table = roc_table({"axial": (np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])),
+                       "one-class": (np.array([1, 1]), np.array([0.2, 0.3]))})
+    assert table["model"].unique().tolist() == ["axial"]  # no curve without both classes
+    out = tmp_path / "roc" / "acl.csv"
+    write_table(out, table)
+    back = pd.read_csv(out)
+    assert back.columns.tolist() == ["model", "i", "fpr", "tpr"]
+    assert back["i"].tolist() == list(range(len(fpr)))
+    np.testing.assert_allclose(back["fpr"], fpr, atol=1e-6)
+    np.testing.assert_allclose(back["tpr"], tpr, atol=1e-6)
+
+
+# --- calibration, errors, headline ----------------------------------------------------------
+
+def test_reliability_ece_and_brier_by_hand() -> None:
+    labels = np.array([0, 1, 0, 1, 1])
+    probs = np.array([0.05, 0.08, 0.5, 0.95, 1.0])
+    curve = reliability(labels, probs, n_bins=10)
+    # bins: 0.05 and 0.08 -> bin 0; 0.5 -> bin 4 (right-closed); 0.95 and 1.0 -> bin 9
+    assert curve["bin"].tolist() == [0, 4, 9]
+    assert curve["n"].tolist() == [2, 1, 2]
+    np.testing.assert_allclose(curve["predicted"], [0.065, 0.5, 0.975])
+    np.testing.assert_allclose(curve["observed"], [0.5, 0.0, 1.0])
+    want_ece = (2 * abs(0.5 - 0.065) + 1 * 0.5 + 2 * abs(1.0 - 0.975)) / 5
+    assert expected_calibration_error(labels, probs, 10) == pytest.approx(want_ece)
+    want_brier = (0.05**2 + 0.92**2 + 0.5**2 + 0.05**2 + 0.0) / 5
+    assert brier(labels, probs) == pytest.approx(want_brier)
+
+
+def test_largest_errors_on_a_constructed_table() -> None:
+    ids = [f"{i:04d}" for i in range(10)]
+    splits = ["train"] * 2 + ["valid"] * 8
+    labels = [0, 1, 0, 0, 0, 1, 1, 1, 0, 1]
+    probs = [0.1, 0.9, 0.7, 0.2, 0.95, 0.1, 0.4, 0.8, 0.61, 0.59]
+    table = _table(ids, splits, labels, probs)
+    errors = largest_errors(table, threshold=0.6, n=2)
+    # false positives (label 0, prob >= 0.6): 0004 (0.95), 0002 (0.7), 0008 (0.61)
+    # false negatives (label 1, prob < 0.6): 0005 (0.1), 0006 (0.4), 0009 (0.59)
+    assert errors["case_id"].tolist() == ["0004", "0002", "0005", "0006"]
+    assert errors["error"].tolist() == ["false positive"] * 2 + ["false negative"] * 2
+    assert errors["label"].tolist() == [0, 0, 1, 1]
+    assert "0001" not in errors["case_id"].tolist()  # train rows are never listed
+    assert largest_errors(table, float("nan"), 2).empty
+
+
+def test_paired_difference_to_the_ensemble() -> None:
+    tables = _task_tables(seed=4)
+    r = evaluate_task(tables, 300, 0.95, seed=1)
+    assert "auc_minus_ensemble" not in r["ensemble"]
+    for plane in PLANES:
+        d = r[plane]
+        assert d["auc_minus_ensemble"] == pytest.approx(d["auc"] - r["ensemble"]["auc"])
+        assert d["auc_minus_ensemble_ci_low"] <= d["auc_minus_ensemble"] <= \
+            d["auc_minus_ensemble_ci_high"]
+    # A model identical to the ensemble differs by exactly 0 on every paired resample.
+    same = dict(tables, axial=tables["ensemble"].copy())
+    d = evaluate_task(same, 300, 0.95, seed=1)["axial"]
+    assert d["auc_minus_ensemble_ci_low"] == d["auc_minus_ensemble_ci_high"] == 0.0
+
+
+def test_headline_takes_the_report_numbers() -> None:
+    tables = {task: _task_tables(seed=i, models=(*PLANES, "ensemble", "multitask"))
+              for i, task in enumerate(TASKS)}
+    report = evaluate_all(tables, 100, 0.95, seed=0)
+    head = headline(report)
+    assert set(head) == {*TASKS, "mean"}
+    for task in TASKS:
+        ens = report[task]["ensemble"]
+        assert head[task] == {
+            "auc": ens["auc"], "auc_ci_low": ens["auc_ci_low"], "auc_ci_high": ens["auc_ci_high"],
+            "multitask_auc": report[task]["multitask"]["auc"],
+            "operating_point": ens["operating_point"],
+            "sensitivity_at_operating_point": ens["sensitivity_at_operating_point"],
+            "specificity_at_operating_point": ens["specificity_at_operating_point"]}
+    assert head["mean"] == {"auc": report["mean_auc"]["ensemble"],
+                            "multitask_auc": report["mean_auc"]["multitask"]}
+    without = headline(evaluate_all({t: {m: v for m, v in tables[t].items() if m != "multitask"}
+                                     for t in TASKS}, 100, 0.95, seed=0))
+    assert "multitask_auc" not in without["acl"] and "multitask_auc" not in without["mean"]
 
 
 # --- the stage end to end -------------------------------------------------------------------
@@ -348,24 +433,39 @@ def test_stage_end_to_end(tmp_path: Path) -> None:
     probs_dir = _write_inputs(tmp_path)
     proc = _run_stage(tmp_path)
     assert proc.returncode == 0, proc.stderr
-    metrics_path = tmp_path / "metrics" / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
+    report = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     models = {*PLANES, "ensemble"}
-    assert set(metrics["mean_auc"]) == models
+    assert set(report["mean_auc"]) == models
     for task in TASKS:
-        assert set(metrics[task]) == models
-        for model in models:
-            assert 0.0 <= metrics[task][model]["auc"] <= 1.0
-            rows = (tmp_path / "plots" / "roc" / task / f"{model}.csv").read_text().splitlines()
-            assert rows[0] == "fpr,tpr" and rows[1] == "0,0" and rows[-1] == "1,1"
+        assert set(report[task]) == models
+        head = json.loads((tmp_path / "metrics" / f"{task}.json").read_text())
+        assert head["auc"] == report[task]["ensemble"]["auc"]
+        assert head["sensitivity_at_operating_point"] == \
+            report[task]["ensemble"]["sensitivity_at_operating_point"]
+        for kind, cols in (("roc", ["model", "i", "fpr", "tpr"]),
+                           ("pr", ["model", "i", "recall", "precision"]),
+                           ("calibration", ["model", "i", "predicted", "observed", "n"])):
+            curve = pd.read_csv(tmp_path / "plots" / kind / f"{task}.csv")
+            assert curve.columns.tolist() == cols
+            assert set(curve["model"]) == models
         png = tmp_path / "plots" / f"roc-{task}.png"
         assert png.stat().st_size > 1000 and png.read_bytes()[:8] == PNG_MAGIC
-    assert "valid AUC" in proc.stderr  # the results table is logged
+    mean = json.loads((tmp_path / "metrics" / "mean.json").read_text())
+    assert mean == {"auc": report["mean_auc"]["ensemble"]}
+    errors = json.loads((tmp_path / "reports" / "errors.json").read_text())
+    page = (tmp_path / "reports" / "errors.md").read_text()
+    for task in TASKS:
+        assert 0 < len(errors[task]) <= 4  # n_errors 2 of each kind in params.yaml
+        for row in errors[task]:
+            assert f"[{row['case_id']}](../plots/viewer/{row['case_id']}.html)" in page
+    assert "| ensemble |" in (tmp_path / "reports" / "metrics.md").read_text()
+    assert "valid headline" in proc.stderr  # the results table is logged
 
     # A corrupted input: one error line naming the file; nothing written is touched. The
     # inode shows a rewrite even with equal bytes (atomic writes replace the file).
     def snapshot() -> dict[Path, tuple[bytes, int]]:
-        paths = [metrics_path, *(tmp_path / "plots").rglob("*.*")]
+        paths = [*(tmp_path / "metrics").rglob("*.*"), *(tmp_path / "reports").rglob("*.*"),
+                 *(tmp_path / "plots").rglob("*.*")]
         return {p: (p.read_bytes(), p.stat().st_ino) for p in paths}
 
     before = snapshot()
@@ -379,13 +479,23 @@ def test_stage_end_to_end(tmp_path: Path) -> None:
     assert snapshot() == before
 
 
-def test_stage_picks_up_an_extra_model(tmp_path: Path) -> None:
+def test_stage_picks_up_an_extra_model_and_learning_curves(tmp_path: Path) -> None:
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     _write_inputs(tmp_path, extra=("multitask",))
+    for name, folder in (("acl-sagittal", tmp_path / "dvclive" / "acl-sagittal"),
+                         ("multitask", tmp_path / "models" / "multitask" / "live")):
+        val = folder / "plots" / "metrics" / "val"
+        val.mkdir(parents=True)
+        (val / "auc.tsv").write_text("step\tauc\n0\t0.6\n1\t0.7\n")
     proc = _run_stage(tmp_path)
     assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
-    assert "multitask" in metrics["mean_auc"]
+    report = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert "multitask" in report["mean_auc"]
     for task in TASKS:
-        assert 0.0 <= metrics[task]["multitask"]["auc"] <= 1.0
-        assert (tmp_path / "plots" / "roc" / task / "multitask.csv").is_file()
+        head = json.loads((tmp_path / "metrics" / f"{task}.json").read_text())
+        assert head["multitask_auc"] == report[task]["multitask"]["auc"]
+        assert "multitask" in set(pd.read_csv(tmp_path / "plots" / "roc" / f"{task}.csv")["model"])
+    curves = pd.read_csv(tmp_path / "plots" / "learning" / "val_auc.csv")
+    assert curves.to_dict("list") == {"model": ["acl-sagittal"] * 2 + ["multitask"] * 2,
+                                      "i": [0, 1, 0, 1], "step": [0, 1, 0, 1],
+                                      "value": [0.6, 0.7, 0.6, 0.7]}

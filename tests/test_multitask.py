@@ -13,7 +13,7 @@ from mrnet.engine import weighted_bce
 from mrnet.model import MRNet, MRNetConfig, MultitaskMRNet, make_backbone
 from mrnet.multitask import multitask_loss, train_multitask
 from mrnet.prepare import prepare_plane
-from mrnet.probs import read_probs
+from mrnet.probs import read_probs, rows
 
 from helpers import tmp_params
 
@@ -81,6 +81,5 @@ def test_train_multitask_writes_checkpoint_and_tables(tiny_dataset: Path, tmp_pa
     ckpt = torch.load(tmp_path / "mt" / "model.pt", weights_only=True)
     assert ckpt["config"]["planes"] == list(PLANES) and ckpt["config"]["train"]["lr"] == 3e-4
     for task in TASKS:
-        table = read_probs(tmp_path / "mt" / f"multitask-{task}.csv")
-        ids, _, probs = table.select("valid")
-        assert len(ids) == 4 and ((probs >= 0) & (probs <= 1)).all()
+        valid = rows(read_probs(tmp_path / "mt" / f"multitask-{task}.csv"), "valid")
+        assert len(valid) == 4 and valid["prob"].between(0, 1).all()

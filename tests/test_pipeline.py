@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -77,7 +78,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("mrnet", "stages"):
         shutil.copytree(PROJECT / name, repo / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", "plots/templates/models.json"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(PROJECT / name, repo / name)
     set_params(repo, TINY_PARAMS)
     run(repo, "git", "init", "-q")
@@ -93,23 +95,39 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_repro_produces_models_metrics_and_plots(repo: Path) -> None:
-    dataset = json.loads((repo / "metrics" / "dataset.json").read_text())
+    dataset = json.loads((repo / "reports" / "dataset.json").read_text())
     assert dataset["train"]["exams"] == 16 and dataset["valid"]["exams"] == 10
     for task in TASKS:
         for plane in PLANES:
             assert (repo / "models" / f"{task}-{plane}.pt").is_file()
             assert (repo / "dvclive" / f"{task}-{plane}" / "metrics.json").is_file()
-    metrics = json.loads((repo / "metrics" / "metrics.json").read_text())
+    report = json.loads((repo / "reports" / "metrics.json").read_text())
+    models = {*PLANES, "ensemble", "multitask"}
     for task in TASKS:
-        for model in (*PLANES, "ensemble", "multitask"):
-            auc = metrics[task][model]["auc"]
-            assert 0.0 <= auc <= 1.0, (task, model, auc)
-            assert (repo / "plots" / "roc" / task / f"{model}.csv").is_file()
+        assert set(report[task]) == models
+        assert set(pd.read_csv(repo / "plots" / "roc" / f"{task}.csv")["model"]) <= models
         png = repo / "plots" / f"roc-{task}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The viewer renders exactly the exams of the error report.
+    listed = {row["case_id"] for rows in json.loads(
+        (repo / "reports" / "errors.json").read_text()).values() for row in rows}
+    assert {p.stem for p in (repo / "plots" / "viewer").glob("*.html")} == listed
+    # The learning curves of the nine CNNs and the multitask network.
+    curves = pd.read_csv(repo / "plots" / "learning" / "val_auc.csv", dtype={"model": str})
+    assert set(curves["model"]) == {f"{t}-{p}" for t in TASKS for p in PLANES} | {"multitask"}
+
+    # `dvc metrics show` is the headline only, a row per task and one for the means, and it
+    # fits a 200-column terminal.
     shown = run(repo, "dvc", "metrics", "show").stdout
-    assert "metrics/metrics.json" in shown and "metrics/dataset.json" in shown
-    assert "dvclive/acl-sagittal/metrics.json" in shown
+    lines = shown.splitlines()
+    assert [ln.split()[0] for ln in lines[1:]] == [f"metrics/{t}.json" for t in (*TASKS, "mean")]
+    assert max(len(ln) for ln in lines) <= 200, shown
+    for key in ("auc", "multitask_auc", "sensitivity_at_operating_point"):
+        assert key in lines[0].split()
+    assert "dataset" not in shown and "dvclive" not in shown
+    # The full report is a path away.
+    assert "acl.ensemble.brier" in run(repo, "dvc", "metrics", "show",
+                                       "reports/metrics.json").stdout
     html = repo / "report"
     run(repo, "dvc", "plots", "show", "-o", str(html))
     assert (html / "index.html").is_file()
@@ -148,7 +166,7 @@ def test_external_data_root_is_read_never_written(repo: Path, tmp_path: Path) ->
     ran = ran_stages(run(repo, "dvc", "repro", "synthesize", "prepare").stdout)
     assert {"synthesize", "validate", "prepare@axial"} <= ran
     assert digest_tree(external) == before
-    dataset = json.loads((repo / "metrics" / "dataset.json").read_text())
+    dataset = json.loads((repo / "reports" / "dataset.json").read_text())
     assert dataset["train"]["exams"] == 12 and dataset["valid"]["exams"] == 8
     # nothing synthetic was generated for this run
     assert not list((repo / "data" / "synthetic").rglob("*.npy"))
@@ -159,9 +177,16 @@ def test_multitask_off_removes_its_cost_and_entries(repo: Path) -> None:
     set_params(repo, {"multitask": {"enabled": False}})
     ran = ran_stages(run(repo, "dvc", "repro").stdout)
     assert ran == {"train_multitask", "evaluate"}
-    metrics = json.loads((repo / "metrics" / "metrics.json").read_text())
-    assert "multitask" not in metrics["mean_auc"]
-    assert all("multitask" not in metrics[t] for t in TASKS)
-    assert not list((repo / "plots" / "roc").rglob("multitask.csv"))
+    report = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert "multitask" not in report["mean_auc"]
+    assert all("multitask" not in report[t] for t in TASKS)
+    assert "multitask_auc" not in json.loads((repo / "metrics" / "acl.json").read_text())
+    for task in TASKS:
+        assert "multitask" not in set(pd.read_csv(repo / "plots" / "roc" / f"{task}.csv")["model"])
     assert not (repo / "models" / "multitask" / "model.pt").exists()
+    # Every declared plot still renders: nothing names the multitask network's files.
+    proc = run(repo, "dvc", "plots", "show", "--json")
+    shown = json.loads(proc.stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    assert any(k.startswith("plots/roc/") for k in shown["data"])
     restore(repo)

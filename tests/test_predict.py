@@ -21,7 +21,7 @@ from mrnet.engine import ExamSet, train_one_epoch
 from mrnet.model import MRNet, MRNetConfig, normalize
 from mrnet.predict import (Predictor, exam_files, format_report, load_predictor, main,
                            predict_cases, read_input_csv)
-from mrnet.probs import read_probs
+from mrnet.probs import read_probs, rows
 
 from helpers import PROJECT, build_tiny_pipeline
 
@@ -42,8 +42,8 @@ def valid_ids(params: Params) -> list[str]:
 
 def pipeline_probs(params: Params, name: str) -> dict[str, float]:
     """{case_id: prob} of the valid split from ``{extract.out}/{name}.csv``."""
-    case_ids, _, probs = read_probs(Path(params.extract.out) / f"{name}.csv").select("valid")
-    return dict(zip(case_ids.tolist(), probs.tolist()))
+    valid = rows(read_probs(Path(params.extract.out) / f"{name}.csv"), "valid")
+    return dict(zip(valid["case_id"], valid["prob"]))
 
 
 def input_lines(params: Params, ids: list[str], cwd: Path) -> list[list[str]]:

@@ -98,7 +98,7 @@ def test_layout_and_csvs(small: Path) -> None:
             assert text.endswith("\n")
             assert [ln.split(",")[0] for ln in lines] == expected[split]  # no header, sorted
             assert all(ln.split(",")[1] in ("0", "1") and ln.count(",") == 1 for ln in lines)
-            assert list(read_labels(small / f"{split}-{task}.csv")) == expected[split]
+            assert list(read_labels(small / f"{split}-{task}.csv").index) == expected[split]
 
 
 def test_volumes_match_contract(small: Path) -> None:

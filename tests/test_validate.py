@@ -308,13 +308,13 @@ OLD_REPORT = b'{"train": {"exams": 1}}\n'
 @pytest.fixture
 def project(tiny_copy: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory like the project root: params.yaml naming the tiny copy, and an
-    earlier metrics/dataset.json. The dataset is at the relative path ``MRNet-v1.0``."""
+    earlier reports/dataset.json. The dataset is at the relative path ``MRNet-v1.0``."""
     proj = tiny_copy.parent
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["data"]["root"] = tiny_copy.name
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (proj / "metrics").mkdir()
-    (proj / "metrics" / "dataset.json").write_bytes(OLD_REPORT)
+    (proj / "reports").mkdir()
+    (proj / "reports" / "dataset.json").write_bytes(OLD_REPORT)
     monkeypatch.chdir(proj)
     return proj
 
@@ -328,7 +328,7 @@ def _run_stage(cwd: Path) -> subprocess.CompletedProcess:
 def test_stage_writes_report(project: Path) -> None:
     proc = _run_stage(project)
     assert proc.returncode == 0, proc.stderr
-    written = json.loads((project / "metrics" / "dataset.json").read_text())
+    written = json.loads((project / "reports" / "dataset.json").read_text())
     assert written == validate_dataset("MRNet-v1.0")
     assert str((project / "MRNet-v1.0").resolve()) in proc.stderr  # the resolved root is logged
     assert "error:" not in proc.stderr
@@ -347,7 +347,7 @@ def test_stage_bad_data_keeps_old_report(project: Path, name: str) -> None:
     assert errors == [lines[-1]]
     for fragment in fragments:
         assert fragment in errors[0]
-    assert (project / "metrics" / "dataset.json").read_bytes() == OLD_REPORT
+    assert (project / "reports" / "dataset.json").read_bytes() == OLD_REPORT
 
 
 def test_stage_warns_on_tear_without_abnormal(project: Path) -> None:
@@ -358,5 +358,5 @@ def test_stage_warns_on_tear_without_abnormal(project: Path) -> None:
     proc = _run_stage(project)
     assert proc.returncode == 0, proc.stderr
     assert any("WARNING" in line and case_id in line for line in proc.stderr.splitlines())
-    written = json.loads((project / "metrics" / "dataset.json").read_text())
+    written = json.loads((project / "reports" / "dataset.json").read_text())
     assert written["valid"]["tear_without_abnormal"] == 1

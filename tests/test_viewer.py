@@ -28,6 +28,7 @@ from mrnet import PLANES, TASKS
 from mrnet.cam import PlaneCam
 from mrnet.config import Params
 from mrnet.predict import main as predict_main
+from mrnet.io import write_json
 from mrnet.viewer import render_html, slice_images, write_pages
 
 from helpers import PROJECT, build_tiny_pipeline, raw_params
@@ -160,23 +161,34 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Params:
     return build_tiny_pipeline(tmp_path_factory.getbasetemp() / "tiny-pipeline")
 
 
+@pytest.mark.browser
 def test_stage_and_predict_write_viewers_of_trained_models(pipeline: Params, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     raw = raw_params()
     raw["data"]["root"] = pipeline.data.root
     raw["train"]["out"] = pipeline.train.out
     raw["ensemble"]["out"] = pipeline.ensemble.out
-    raw["viewer"] = {"out": "viewer", "n_exams": 2, "task": "meniscus"}
+    raw["viewer"] = {"out": "viewer", "task": "meniscus"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     (tmp_path / "viewer").mkdir()
     (tmp_path / "viewer" / "9999.html").write_text("stale")
-    res = subprocess.run([sys.executable, "-m", "stages.viewer"], cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(PROJECT)},
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
     valid = sorted(p.stem for p in Path(pipeline.data.root, "valid", "axial").glob("*.npy"))
+    # The exams of the evaluate stage's error report, listed under several tasks.
+    write_json(tmp_path / "reports" / "errors.json", {
+        "acl": [{"case_id": valid[3], "label": 0, "prob": 0.9, "error": "false positive"}],
+        "meniscus": [{"case_id": valid[0], "label": 1, "prob": 0.1, "error": "false negative"},
+                     {"case_id": valid[3], "label": 1, "prob": 0.2, "error": "false negative"}],
+        "abnormal": []})
+
+    def run_stage() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "stages.viewer"], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(PROJECT)},
+                              capture_output=True, text=True, timeout=300)
+
+    res = run_stage()
+    assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in (tmp_path / "viewer").iterdir()) == [
-        f"{c}.html" for c in valid[:2]]
+        f"{valid[0]}.html", f"{valid[3]}.html"]
     first = tmp_path / "viewer" / f"{valid[0]}.html"
     text = first.read_text()
     assert f"MRNet exam {valid[0]}" in text and '"task":"meniscus"' in text
@@ -185,6 +197,14 @@ def test_stage_and_predict_write_viewers_of_trained_models(pipeline: Params, tmp
     # on the learned CAMs is required here.
     assert result["done"] and result["errors"] == [], result
     assert result["starts_at_peak"] and result["slider_changed_image"], result
+
+    # An error report naming an exam the dataset lacks: one line, the pages stay.
+    pages = {p.name: p.read_bytes() for p in (tmp_path / "viewer").iterdir()}
+    write_json(tmp_path / "reports" / "errors.json", {"acl": [{"case_id": "9998"}]})
+    res = run_stage()
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "reports/errors.json: valid case 9998 is not in" in res.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "viewer").iterdir()} == pages
 
     # predict --exam ... --viewer: the same page for any exam.
     monkeypatch.chdir(tmp_path)

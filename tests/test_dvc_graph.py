@@ -1,0 +1,97 @@
+"""dvc.yaml's graph is complete: every stage depends on exactly the project code it runs.
+
+A stage's code is its entry point under ``stages/`` plus every project module it imports,
+directly or through other project modules (imports inside functions included). A module
+missing from ``deps`` means a code change reruns nothing; an extra one means an unrelated edit
+reruns the stage (all nine trainings, say).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import PROJECT
+
+PACKAGES = ("mrnet", "stages")
+
+
+def module_file(name: str) -> Path | None:
+    """The project file of a dotted module name, or None when it is not project code."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    base = PROJECT.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_files(path: Path) -> set[Path]:
+    """Project files that ``path`` imports, with the ``__init__.py`` of each package on the way."""
+    found: set[Path] = set()
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names += [f"{node.module}.{a.name}" for a in node.names]  # submodules
+    for name in names:
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b first
+            file = module_file(".".join(parts[:i]))
+            if file is not None:
+                found.add(file)
+    return found
+
+
+def import_closure(entry: Path) -> set[str]:
+    """``entry`` and every project file it imports transitively, as repo-relative paths."""
+    seen: set[Path] = set()
+    todo = [entry]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo += imported_files(path) - seen
+    # stages/__init__.py only marks the folder as a package: it holds no code.
+    return {p.relative_to(PROJECT).as_posix() for p in seen} - {"stages/__init__.py"}
+
+
+def stages() -> dict[str, dict]:
+    return yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+
+
+def entry_point(stage: dict) -> Path:
+    cmd = stage.get("do", stage)["cmd"]
+    found = re.search(r"python -m (stages\.\w+)", cmd)
+    assert found, f"stage command {cmd!r} does not run a stages/ module"
+    return module_file(found.group(1))
+
+
+def code_deps(stage: dict) -> set[str]:
+    deps = stage.get("do", stage).get("deps", [])
+    return {d for d in deps if isinstance(d, str) and d.endswith(".py")}
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_stage_deps_are_its_import_closure(name: str) -> None:
+    stage = stages()[name]
+    want = import_closure(entry_point(stage))
+    have = code_deps(stage)
+    assert not want - have, f"{name}: deps lack {sorted(want - have)}"
+    assert not have - want, f"{name}: deps list code it never imports {sorted(have - want)}"
+
+
+def test_closure_follows_imports_inside_functions_and_packages(tmp_path: Path) -> None:
+    # train.py imports dvclive lazily, and mrnet.data through mrnet.train: both count.
+    closure = import_closure(PROJECT / "stages" / "train.py")
+    assert {"stages/train.py", "mrnet/__init__.py", "mrnet/train.py", "mrnet/data.py",
+            "mrnet/config.py"} <= closure
+    assert "mrnet/viewer.py" not in closure
