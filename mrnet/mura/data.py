@@ -112,7 +112,7 @@ def read_labeled_studies(root: str | Path, split: str) -> pd.DataFrame:
                                f"got {len(row)}: {','.join(row)!r}")
         study, label = row
         if label not in ("0", "1"):
-            what = "a header row" if lineno == 1 and not label.isdigit() else f"label {label!r}"
+            what = "a header row" if lineno == 1 and "/" not in study else f"label {label!r}"
             raise DatasetError(f"{where}: {what}; labels must be 0 or 1 and the CSV has no "
                                "header")
         study_id = _relative(where, study, root, split)

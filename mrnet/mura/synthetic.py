@@ -45,6 +45,8 @@ TYPE_SHARE = {"XR_ELBOW": 0.14, "XR_FINGER": 0.15, "XR_FOREARM": 0.07, "XR_HAND"
 ABNORMAL_RATE = {"XR_ELBOW": 0.40, "XR_FINGER": 0.42, "XR_FOREARM": 0.37, "XR_HAND": 0.28,
                  "XR_HUMERUS": 0.48, "XR_SHOULDER": 0.50, "XR_WRIST": 0.38}
 FINDINGS = ("fracture", "lucency", "hardware")
+# Bones are drawn this much thicker than ANATOMY says, so findings span a few pixels at 64 px.
+BONE_SCALE = 1.25
 # Chance that a view of an abnormal study shows its finding (at least one always does).
 P_VISIBLE = 0.85
 # Real MURA-v1.1 valid patients are numbered after the train patients.
@@ -102,11 +104,32 @@ def _line_distance(px: np.ndarray, py: np.ndarray, p: np.ndarray, direction: np.
     return _capsule_distance(px, py, p - half_length * direction, p + half_length * direction)
 
 
+def _break_bone(bones: np.ndarray, f: Finding) -> np.ndarray:
+    """The bones with bone ``f.bone`` broken at ``f.t``: a gap, and the distal fragment shifted
+    sideways and tilted (a displaced fracture)."""
+    b = bones[f.bone]
+    a, e, r = b[0:2], b[2:4], b[4]
+    length = float(np.linalg.norm(e - a)) or 1.0
+    axis = (e - a) / length
+    normal = np.array([-axis[1], axis[0]])
+    point = a + f.t * (e - a)
+    gap = 0.35 * r
+    shift = 0.55 * r * (1.0 if f.angle >= 0 else -1.0)
+    ca, sa = math.cos(f.angle * 0.5), math.sin(f.angle * 0.5)
+    rest = (1.0 - f.t) * length - gap
+    direction = ca * axis + sa * normal
+    start = point + gap * axis + shift * normal
+    proximal = np.array([*a, *(point - 0.5 * gap * axis), r])
+    distal = np.array([*start, *(start + rest * direction), r])
+    out = np.delete(bones, f.bone, axis=0)
+    return np.vstack([out, proximal, distal])
+
+
 def draw_study(rng: np.random.Generator, study_type: str, label: int) -> Study:
     """The anatomy of one study (jittered bones) and its finding if abnormal."""
     bones = np.array(ANATOMY[study_type], dtype=np.float64)
     bones[:, :4] += rng.uniform(-0.04, 0.04, size=(len(bones), 4))
-    bones[:, 4] *= rng.uniform(0.85, 1.15)
+    bones[:, 4] *= rng.uniform(0.85, 1.15) * BONE_SCALE
     finding = None
     if label:
         # Findings go in bones long enough to hold them (not the round humeral head).
@@ -139,6 +162,10 @@ def render_view(rng: np.random.Generator, study: Study, height: int, width: int,
     bones = study.bones.copy()
     bones[:, 4] *= width_k
 
+    f = study.finding
+    shown = f if (f is not None and show_finding) else None
+    if shown is not None and shown.kind == "fracture":
+        bones = _break_bone(bones, shown)
     img = np.full((height, width), rng.uniform(0.02, 0.10))
     dist = [_capsule_distance(px, py, b[0:2], b[2:4]) for b in bones]
     soft = np.min([d - (2.0 * b[4] + 0.12) for d, b in zip(dist, bones)], axis=0)
@@ -161,27 +188,21 @@ def render_view(rng: np.random.Generator, study: Study, height: int, width: int,
         img = np.where(d < b[4], np.maximum(img, medulla_level), img)
         img = np.where((d < b[4]) & (d > b[4] - cortex), np.maximum(img, cortex_level), img)
 
-    f = study.finding
-    if f is not None and show_finding:
+    if shown is not None and shown.kind != "fracture":  # a fracture is the broken bone itself
+        f = shown
         b = bones[f.bone]
         a, e = b[0:2], b[2:4]
         axis = (e - a) / (np.linalg.norm(e - a) or 1.0)
         normal = np.array([-axis[1], axis[0]])
         point = a + f.t * (e - a)
         inside = dist[f.bone] < b[4]
-        if f.kind == "fracture":
-            ca, sa = math.cos(f.angle), math.sin(f.angle)
-            direction = ca * normal + sa * axis
-            line = _line_distance(px, py, point, direction, 1.3 * b[4])
-            w = max(0.9 / px_per_unit, 0.16 * b[4])
-            img = np.where(inside & (line < w), 0.30 * img, img)
-        elif f.kind == "lucency":
-            r = 0.65 * b[4]
+        if f.kind == "lucency":
+            r = 0.8 * b[4]
             rel_x, rel_y = px - point[0], py - point[1]
             along = rel_x * axis[0] + rel_y * axis[1]
             across = rel_x * normal[0] + rel_y * normal[1]
-            blob = (along / (1.5 * r)) ** 2 + (across / r) ** 2 < 1.0
-            img = np.where(inside & blob, 0.40 * img, img)
+            blob = (along / (2.0 * r)) ** 2 + (across / r) ** 2 < 1.0
+            img = np.where(inside & blob, 0.30 * img, img)
         else:  # hardware: a plate along the bone and screws through it, brighter than bone
             plate = _capsule_distance(px, py, point - 0.28 * axis + 0.9 * b[4] * normal,
                                       point + 0.28 * axis + 0.9 * b[4] * normal)

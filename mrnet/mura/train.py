@@ -64,10 +64,10 @@ def study_set(prepared: PreparedStudies, device: torch.device | str = "cpu") -> 
     """A prepared split as a :class:`StudySet`, views moved to ``device`` in one read."""
     s = prepared.studies
     return StudySet(torch.from_numpy(np.array(prepared.views)).to(device),
-                    torch.from_numpy(s["offset"].to_numpy(np.int64)),
-                    torch.from_numpy(s["n_views"].to_numpy(np.int64)),
+                    torch.tensor(s["offset"].to_numpy(np.int64)),
+                    torch.tensor(s["n_views"].to_numpy(np.int64)),
                     s["study_id"].astype(str).tolist(), s["study_type"].tolist(),
-                    torch.from_numpy(s["label"].to_numpy(np.float32)))
+                    torch.tensor(s["label"].to_numpy(np.float32)))
 
 
 def type_weights(study_types: Sequence[str], labels: Sequence[int],
