@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from mrnet.config import load_params
-from mrnet.errors import cli
+from mrnet.errors import UserError, cli
 from mrnet.io import write_json
 
 log = logging.getLogger("stages.kneemri_evaluate")
@@ -57,7 +57,11 @@ def main() -> None:
     for model in CURVES:
         for task, df in tables[model].items():
             test = df[df["split"] == "test"]
-            fpr, tpr = roc_points(test["label"].to_numpy(), test["prob"].to_numpy())
+            try:
+                fpr, tpr = roc_points(test["label"].to_numpy(), test["prob"].to_numpy())
+            except ValueError:
+                raise UserError(f"{cfg.root}: the test folders (vol01, vol02) hold only one "
+                                f"class of {task}; no AUC or ROC curve") from None
             auc = metrics[model][task]["auc"]
             curves[task][model] = (fpr, tpr, np.nan if auc is None else auc)
     if PLOTS.exists():
