@@ -115,11 +115,8 @@ def step_validate(root: str) -> dict[str, Any]:
 
 
 def step_prepare(root: str, plane: str, out: str, size: int) -> dict[str, Any]:
-    import torch
+    from mrnet.prepare import prepare_plane  # imports torch before the clock starts
 
-    from mrnet.prepare import prepare_plane
-
-    torch.set_num_threads(torch.get_num_threads())  # torch imported before the clock starts
     return _measure(lambda: prepare_plane(root, plane, out, size))
 
 
