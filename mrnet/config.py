@@ -83,6 +83,7 @@ class ModelConfig:
     backbone: str = "alexnet"
     pretrained: bool = False
     slice_pool: str = "max"
+    spatial_pool: str = "avg"
 
     def check(self, key: str) -> None:
         if self.backbone not in BACKBONES:
@@ -90,6 +91,9 @@ class ModelConfig:
                               f"got {self.backbone!r}")
         if self.slice_pool not in ("max", "mean"):
             raise ParamsError(f"{key}.slice_pool must be 'max' or 'mean', got {self.slice_pool!r}")
+        if self.spatial_pool not in ("avg", "max"):
+            raise ParamsError(f"{key}.spatial_pool must be 'avg' or 'max', "
+                              f"got {self.spatial_pool!r}")
 
 
 @dataclass(frozen=True)
@@ -156,10 +160,21 @@ class EnsembleConfig:
 
     out: str = "models"
     C: float = 1.0
+    # task -> target prevalence: the ensemble's probabilities are moved from the fit split's
+    # prevalence to this one by the prior-shift correction of the logit. Empty: none.
+    prevalence: Mapping[str, Any] = field(default_factory=dict)
 
     def check(self, key: str) -> None:
         if self.C <= 0:
             raise ParamsError(f"{key}.C must be > 0, got {self.C}")
+        for task, value in self.prevalence.items():
+            if task not in TASKS:
+                raise ParamsError(f"unknown params key {key}.prevalence.{task} "
+                                  f"(tasks: {', '.join(TASKS)})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0.0 < value < 1.0:
+                raise ParamsError(f"{key}.prevalence.{task} must be a number in (0, 1), "
+                                  f"got {value!r}")
 
 
 @dataclass(frozen=True)

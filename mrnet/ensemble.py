@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Mapping
@@ -14,6 +15,8 @@ from mrnet import PLANES
 from mrnet.config import Params
 from mrnet.errors import UserError
 from mrnet.io import write_json
+from mrnet.metrics import binary_metrics, youden_threshold
+from mrnet.provenance import provenance
 from mrnet.probs import fit_split, join_tables, make_probs, read_probs, write_probs
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,40 @@ def planes_of(joined: pd.DataFrame) -> list[str]:
     return [p for p in PLANES if p in joined.columns]
 
 
-def fit_ensemble(joined: pd.DataFrame, C: float = 1.0) -> dict:
-    """Fit the logistic regression on the fit split; returns its readable parameters."""
+def logit(p: float | np.ndarray) -> float | np.ndarray:
+    """log(p / (1 - p))."""
+    return np.log(p) - np.log1p(-np.asarray(p, dtype=float))
+
+
+def prior_shift(fit_prevalence: float, target: float | None) -> float:
+    """The logit offset that moves probabilities calibrated at ``fit_prevalence`` to ``target``.
+
+    Bayes' rule with the class-conditional densities unchanged (prior shift):
+    logit(p') = logit(p) + logit(target) - logit(fit_prevalence). 0 when ``target`` is None.
+    """
+    if target is None:
+        return 0.0
+    if not 0.0 < target < 1.0:
+        raise UserError(f"a target prevalence must be in (0, 1), got {target}")
+    return float(logit(target) - logit(fit_prevalence))
+
+
+def fit_ensemble(joined: pd.DataFrame, C: float = 1.0,
+                 target_prevalence: float | None = None) -> dict:
+    """Fit the logistic regression on the fit split; returns its readable parameters.
+
+    Args:
+        joined: :func:`join_planes` output.
+        C: inverse regularisation strength.
+        target_prevalence: move the probabilities from the fit split's prevalence to this one
+            (:func:`prior_shift`); None keeps the fit prevalence.
+
+    Returns:
+        ``planes, coef, intercept, C, fit_split, n_fit, n_fit_positive, fit_prevalence,
+        target_prevalence, logit_shift`` and ``operating_point``: the Youden threshold of
+        the ensemble's own probabilities on the fit split (never valid), with the rule, the
+        split, and the sensitivity and specificity there.
+    """
     split = fit_split(joined)
     planes = planes_of(joined)
     fit = joined[joined["split"] == split]
@@ -48,33 +83,68 @@ def fit_ensemble(joined: pd.DataFrame, C: float = 1.0) -> dict:
                         "cannot fit the ensemble")
     lr = LogisticRegression(C=C, solver="lbfgs", max_iter=1000)
     lr.fit(X, y)
-    return {"planes": planes,
-            "coef": {p: float(c) for p, c in zip(planes, lr.coef_[0])},
-            "intercept": float(lr.intercept_[0]), "C": C, "fit_split": split,
-            "n_fit": int(len(y)), "n_fit_positive": int(y.sum())}
+    fit_prevalence = float(y.mean())
+    model = {"planes": planes,
+             "coef": {p: float(c) for p, c in zip(planes, lr.coef_[0])},
+             "intercept": float(lr.intercept_[0]), "C": C, "fit_split": split,
+             "n_fit": int(len(y)), "n_fit_positive": int(y.sum()),
+             "fit_prevalence": fit_prevalence, "target_prevalence": target_prevalence,
+             "logit_shift": prior_shift(fit_prevalence, target_prevalence)}
+    probs = ensemble_probs(model, X)
+    threshold = youden_threshold(y, probs)
+    at = binary_metrics(y, probs, threshold)
+    # JSON has no NaN: an undefined threshold (one class) is null, and so are its rates.
+    model["operating_point"] = {"threshold": _finite(threshold), "rule": "youden",
+                                "split": split, "sensitivity": _finite(at["sensitivity"]),
+                                "specificity": _finite(at["specificity"])}
+    return model
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def with_prevalence(model: Mapping, target: float | None) -> dict:
+    """The ensemble with its probabilities moved to prevalence ``target`` (None: the fit's).
+
+    The operating threshold moves with them, so every exam keeps its call: a prior shift
+    changes what a probability means, not which exams the ensemble ranks above its threshold.
+    """
+    out = copy.deepcopy(dict(model))
+    shift = prior_shift(model["fit_prevalence"], target)
+    op = out["operating_point"]
+    if op["threshold"] is not None:
+        z = float(logit(op["threshold"])) - float(model["logit_shift"]) + shift
+        op["threshold"] = float(1.0 / (1.0 + np.exp(-z)))
+    out.update(target_prevalence=target, logit_shift=shift)
+    return out
 
 
 def ensemble_probs(model: Mapping, features: np.ndarray) -> np.ndarray:
     """Probabilities of the fitted ensemble for (N, planes) plane probabilities."""
     coef = np.array([model["coef"][p] for p in model["planes"]], dtype=float)
-    z = np.asarray(features, dtype=float) @ coef + float(model["intercept"])
+    z = (np.asarray(features, dtype=float) @ coef + float(model["intercept"])
+         + float(model.get("logit_shift", 0.0)))
     return 1.0 / (1.0 + np.exp(-z))
 
 
 def run_ensemble(params: Params, task: str) -> dict:
     """Fit ``task``'s ensemble from the extract stage's tables; write its JSON and probabilities.
 
-    Writes ``{ensemble.out}/ensemble-{task}.json`` (coefficients, intercept, fit split) and
+    Writes ``{ensemble.out}/ensemble-{task}.json`` (coefficients, intercept, fit split, the
+    prevalence its probabilities are calibrated to, the operating point) and
     ``{extract.out}/ensemble-{task}.csv`` (the ensemble's probability for every exam).
     """
     probs_dir = Path(params.extract.out)
     joined = join_planes({p: read_probs(probs_dir / f"{task}-{p}.csv") for p in PLANES})
-    model = fit_ensemble(joined, params.ensemble.C)
+    model = fit_ensemble(joined, params.ensemble.C, params.ensemble.prevalence.get(task))
+    model["provenance"] = provenance(params.data.root)
     probs = ensemble_probs(model, joined[model["planes"]].to_numpy(dtype=float))
     table = make_probs(joined["case_id"], joined["split"], joined["label"], probs)
     write_json(Path(params.ensemble.out) / f"ensemble-{task}.json", model)
     write_probs(probs_dir / f"ensemble-{task}.csv", table)
-    log.info("ensemble %s: fitted on %d %s exams, coef %s, intercept %.4f", task,
-             model["n_fit"], model["fit_split"],
-             {p: round(c, 4) for p, c in model["coef"].items()}, model["intercept"])
+    log.info("ensemble %s: fitted on %d %s exams (prevalence %.3f), coef %s, intercept %.4f, "
+             "operating point %.4f (Youden on %s)", task, model["n_fit"], model["fit_split"],
+             model["fit_prevalence"], {p: round(c, 4) for p, c in model["coef"].items()},
+             model["intercept"], model["operating_point"]["threshold"], model["fit_split"])
     return model

@@ -163,6 +163,19 @@ def youden_threshold(labels: Sequence[int] | np.ndarray,
     return float(thresholds[int(np.argmax(j))])
 
 
+def wilson_interval(successes: int, n: int, ci: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sensitivity, specificity); (NaN, NaN) if n is 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + ci / 2.0))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def binary_metrics(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray,
                    threshold: float) -> dict[str, float]:
     """Sensitivity, specificity and accuracy when prob >= ``threshold`` means positive.
@@ -251,6 +264,12 @@ def evaluate_model(table: pd.DataFrame, n_boot: int, ci: float,
     lo, hi = percentile_ci(samples, ci)
     at_half = binary_metrics(labels, probs, 0.5)
     at_op = binary_metrics(labels, probs, threshold)
+    n_pos, n_neg = int(labels.sum()), int(labels.size - labels.sum())
+    called = probs >= threshold if not math.isnan(threshold) else None
+    sens_ci = spec_ci = (float("nan"), float("nan"))
+    if called is not None:
+        sens_ci = wilson_interval(int((called & (labels == 1)).sum()), n_pos, ci)
+        spec_ci = wilson_interval(int((~called & (labels == 0)).sum()), n_neg, ci)
     return {
         "auc": auc(labels, probs),
         "auc_ci_low": lo,
@@ -263,6 +282,10 @@ def evaluate_model(table: pd.DataFrame, n_boot: int, ci: float,
         "operating_point": threshold,
         "operating_point_split": split,
         **{f"{k}_at_operating_point": v for k, v in at_op.items()},
+        "sensitivity_at_operating_point_ci_low": sens_ci[0],
+        "sensitivity_at_operating_point_ci_high": sens_ci[1],
+        "specificity_at_operating_point_ci_low": spec_ci[0],
+        "specificity_at_operating_point_ci_high": spec_ci[1],
         "n_valid": int(labels.size),
         "n_pos": int(labels.sum()),
         "boot_skipped": int(np.isnan(samples).sum()),
@@ -288,7 +311,9 @@ def evaluate_task(tables: Mapping[str, pd.DataFrame], n_boot: int, ci: float,
         bins of width 0.1), sensitivity_at_0.5, specificity_at_0.5, accuracy_at_0.5,
         operating_point (the Youden threshold on the fit split), operating_point_split
         ("train" or "tune"), sensitivity/specificity/accuracy_at_operating_point (valid at
-        that threshold), n_valid, n_pos, boot_skipped}, and for every model but the ensemble
+        that threshold) with Wilson intervals for the sensitivity and specificity
+        (``*_at_operating_point_ci_low/high``), n_valid, n_pos, boot_skipped}, and for every
+        model but the ensemble
         auc_minus_ensemble with its paired CI (auc_minus_ensemble_ci_low/high). Values are
         unrounded; NaN where undefined.
 
@@ -353,7 +378,8 @@ def evaluate_all(tables: Mapping[str, Mapping[str, pd.DataFrame]], n_boot: int, 
 # The headline: what `dvc metrics show` and `dvc exp show` display, one file per task and one
 # for the means. The ensemble is the headline model; figures at a threshold name it.
 HEADLINE_KEYS = ("auc", "auc_ci_low", "auc_ci_high", "multitask_auc", "operating_point",
-                 "sensitivity_at_operating_point", "specificity_at_operating_point")
+                 "sensitivity_at_operating_point", "specificity_at_operating_point", "brier",
+                 "ece")
 
 
 def headline(report: Mapping[str, Any], model: str = "ensemble",
@@ -363,7 +389,8 @@ def headline(report: Mapping[str, Any], model: str = "ensemble",
     Returns:
         ``{task: {auc, auc_ci_low, auc_ci_high (of ``model``), multitask_auc (``other``'s AUC,
         only when it ran), operating_point, sensitivity_at_operating_point,
-        specificity_at_operating_point (of ``model``, the threshold from its fit split)},
+        specificity_at_operating_point (of ``model``, the threshold from its fit split),
+        brier, ece (``model``'s calibration on valid)},
         "mean": {auc, multitask_auc}}``.
     """
     out: dict[str, dict[str, Any]] = {}
@@ -374,7 +401,7 @@ def headline(report: Mapping[str, Any], model: str = "ensemble",
         if other in report[task]:
             row["multitask_auc"] = report[task][other]["auc"]
         row.update({k: r[k] for k in ("operating_point", "sensitivity_at_operating_point",
-                                       "specificity_at_operating_point")})
+                                       "specificity_at_operating_point", "brier", "ece")})
         out[task] = row
     out["mean"] = {"auc": report["mean_auc"].get(model)}
     if other in report["mean_auc"]:

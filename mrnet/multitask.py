@@ -23,6 +23,7 @@ from mrnet.engine import (ExamSet, autocast, compute_pos_weight, iterate_batches
                           weighted_bce)
 from mrnet.errors import DatasetError
 from mrnet.model import MRNetConfig, MultitaskMRNet, normalize
+from mrnet.provenance import provenance
 from mrnet.probs import make_probs, write_probs
 from mrnet.train import (EpochFn, derive_seed, fast_layout, fingerprint, labels_for,
                          load_exam_set, run_training, select_device, selection_sets,
@@ -160,7 +161,8 @@ def train_multitask(params: Params, *, stop_after: int | None = None,
 
     seed = derive_seed(cfg.seed, NAME)
     torch.manual_seed(seed)
-    model_cfg = MRNetConfig(params.model.backbone, params.model.slice_pool)
+    model_cfg = MRNetConfig(params.model.backbone, params.model.slice_pool,
+                            params.model.spatial_pool)
     model = MultitaskMRNet(model_cfg, PLANES, len(TASKS), params.model.pretrained).to(device)
     fast_layout(model, device, bf16)
 
@@ -181,7 +183,8 @@ def train_multitask(params: Params, *, stop_after: int | None = None,
                      [slices_checksum(s.slices) for s in fit_set.planes.values()])
     config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
               "planes": list(PLANES), "tasks": list(TASKS),
-              "image_size": int(train_all.planes[PLANES[0]].slices.shape[-1])}
+              "image_size": int(train_all.planes[PLANES[0]].slices.shape[-1]),
+              "provenance": provenance(root, "bf16" if bf16 else "fp32", device.type)}
     state = run_training(NAME, model, cfg, seed, make_epoch, fp, out / "model.pt", config,
                          selection, live_dir=live_dir if live_dir is not None else out / "live",
                          stop_after=stop_after)

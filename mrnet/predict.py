@@ -27,9 +27,23 @@ EXAM is one of
   - a folder of one exam's DICOM files, as a scanner exports them: imported into a temporary
     folder by :func:`mrnet.dicom.import_exam` (series chosen automatically; case id: the
     folder's name).
-It prints each task's ensemble probability and each plane CNN's probability with its term
+It prints each task's ensemble probability, its call (positive or negative) at the ensemble's
+operating point with that threshold, and each plane CNN's probability with its term
 (coef x prob) in the ensemble's logit; ``--json OUT`` writes the same as JSON (``-``: stdout);
 ``--viewer OUT.html`` writes a self-contained HTML viewer with CAM overlays.
+
+Calls and probabilities: each ensemble ships its operating point, the Youden threshold chosen
+on its fit split (train, or the tune hold-out), never on valid exams. Its probabilities are
+calibrated to that split's prevalence (``ensemble.prevalence`` in params.yaml may have moved
+them to another); ``--prevalence P`` or ``--prevalence acl=P ...`` moves them to the
+prevalence of the population being scored by the prior-shift correction of the logit, and the
+threshold with them, so the calls do not change. ``--calls OUT`` (with INPUT_CSV OUTPUT_CSV)
+writes a second CSV, ``case_id,abnormal,acl,meniscus`` with 1 for positive, while OUTPUT_CSV
+stays exactly the MRNet format.
+
+Provenance: every model file records what it was trained on. Models trained on the synthetic
+phantoms are refused unless ``--allow-synthetic`` is given: their numbers mean nothing for a
+real exam.
 
 Models: the nine ``{task}-{plane}.pt`` of ``train.out`` and the three ``ensemble-{task}.json``
 of ``ensemble.out`` in params.yaml (paths relative to the params file's folder), or all twelve
@@ -60,11 +74,12 @@ from mrnet import PLANES, TASKS
 from mrnet.config import Params, ViewerConfig, load_params
 from mrnet.data import load_series
 from mrnet.engine import ExamSet, predict_logits
-from mrnet.ensemble import ensemble_probs
+from mrnet.ensemble import ensemble_probs, with_prevalence
 from mrnet.errors import DatasetError, UserError, cli
 from mrnet.io import write_text
 from mrnet.model import MRNet
 from mrnet.prepare import resize_volume
+from mrnet.provenance import describe
 from mrnet.train import fast_layout, load_checkpoint, select_device, use_bf16
 
 log = logging.getLogger(__name__)
@@ -88,8 +103,9 @@ class Predictor:
     models: dict[tuple[str, str], MRNet]  # (task, plane) -> model in eval mode
     image_size: dict[tuple[str, str], int]  # training resolution of each model
     bf16: dict[tuple[str, str], bool]  # the precision each model was evaluated in
-    ensembles: dict[str, dict]  # task -> ensemble JSON
+    ensembles: dict[str, dict]  # task -> ensemble JSON (with its operating point)
     device: torch.device
+    trained_on: str = ""  # what the models were trained on, in words
 
 
 class Prediction(NamedTuple):
@@ -128,20 +144,50 @@ def _read_ensemble(path: Path) -> dict:
     ok = (isinstance(ens, dict) and isinstance(ens.get("planes"), list)
           and set(ens["planes"]) == set(PLANES) and isinstance(ens.get("coef"), dict)
           and set(ens["coef"]) >= set(PLANES)
-          and isinstance(ens.get("intercept"), (int, float)))
+          and isinstance(ens.get("intercept"), (int, float))
+          and isinstance(ens.get("operating_point"), dict)
+          and "threshold" in ens["operating_point"]
+          and isinstance(ens.get("fit_prevalence"), (int, float)))
     if not ok:
         raise UserError(f"{path}: not an ensemble of the planes {', '.join(PLANES)} "
-                        "(expected keys planes, coef, intercept); rerun `dvc repro`")
+                        "(expected keys planes, coef, intercept, operating_point, "
+                        "fit_prevalence); rerun `dvc repro`")
     return ens
 
 
-def load_predictor(checkpoints: Mapping[str, Path], ensembles: Path,
-                   device: torch.device | str = "cpu") -> Predictor:
-    """Load the nine CNNs and three ensembles.
+def check_provenance(records: Mapping[Path, Mapping[str, Any] | None],
+                     allow_synthetic: bool) -> str:
+    """Check what the model files were trained on; returns it in words.
 
     Raises:
-        UserError: a file is missing (the message names it and says how to train), or a
-            checkpoint holds another task/plane than its name says.
+        UserError: a file records no provenance (made before it was recorded), or one was
+            trained on the synthetic phantoms and ``allow_synthetic`` is False.
+    """
+    for path, record in records.items():
+        if not record:
+            raise UserError(f"{path}: the model records no provenance (what data it was trained "
+                            "on); retrain it with `dvc repro`")
+        if record.get("synthetic") and not allow_synthetic:
+            raise UserError(f"{path}: trained on the synthetic phantoms ({record.get('data_root')}),"
+                            " not on real exams, so its probabilities mean nothing for a real "
+                            "exam; train on real data, or pass --allow-synthetic to use it anyway")
+    return describe(next(iter(records.values()), None))
+
+
+def load_predictor(checkpoints: Mapping[str, Path], ensembles: Path,
+                   device: torch.device | str = "cpu", allow_synthetic: bool = False,
+                   prevalence: Mapping[str, float] | None = None) -> Predictor:
+    """Load the nine CNNs and three ensembles.
+
+    Args:
+        allow_synthetic: accept models trained on the synthetic phantoms.
+        prevalence: task -> target prevalence the ensemble's probabilities (and its
+            operating threshold) are moved to; a task not named keeps its file's.
+
+    Raises:
+        UserError: a file is missing (the message names it and says how to train), a
+            checkpoint holds another task/plane than its name says, or a model's provenance
+            is missing or synthetic (see :func:`check_provenance`).
     """
     device = torch.device(device)
     ckpts, ens_paths = model_files(checkpoints, ensembles)
@@ -153,6 +199,7 @@ def load_predictor(checkpoints: Mapping[str, Path], ensembles: Path,
                         "12 model files are missing. Train them with `dvc repro` or point "
                         "--models at a folder holding {task}-{plane}.pt and ensemble-{task}.json")
     models, sizes, bf16 = {}, {}, {}
+    records: dict[Path, Any] = {}
     for (task, plane), path in ckpts.items():
         try:
             model, ckpt = load_checkpoint(path, device)
@@ -160,6 +207,7 @@ def load_predictor(checkpoints: Mapping[str, Path], ensembles: Path,
             found = (config["task"], config["plane"])
             size = int(config["image_size"])
             precision = config["train"]["precision"]
+            records[path] = config.get("provenance")
         except (EOFError, pickle.UnpicklingError):
             raise UserError(f"{path}: not a readable torch checkpoint (truncated or another "
                             "kind of file); rerun `dvc repro`") from None
@@ -175,10 +223,16 @@ def load_predictor(checkpoints: Mapping[str, Path], ensembles: Path,
         bf16[task, plane] = use_bf16(precision, device)
         fast_layout(model, device, bf16[task, plane])
     ensembles_ = {t: _read_ensemble(p) for t, p in ens_paths.items()}
-    return Predictor(models, sizes, bf16, ensembles_, device)
+    records.update({ens_paths[t]: e.get("provenance") for t, e in ensembles_.items()})
+    trained_on = check_provenance(records, allow_synthetic)
+    for task, target in (prevalence or {}).items():
+        ensembles_[task] = with_prevalence(ensembles_[task], target)
+    return Predictor(models, sizes, bf16, ensembles_, device, trained_on)
 
 
-def predictor_for(params: Params, device: torch.device, base: str | Path = ".") -> Predictor:
+def predictor_for(params: Params, device: torch.device, base: str | Path = ".",
+                  allow_synthetic: bool = False,
+                  prevalence: Mapping[str, float] | None = None) -> Predictor:
     """A :class:`Predictor` from the models that ``params`` names (``train.out``,
     ``ensemble.out``), with relative paths taken from ``base`` (the project root)."""
     base = Path(base)
@@ -186,12 +240,13 @@ def predictor_for(params: Params, device: torch.device, base: str | Path = ".") 
     ensembles = base / params.ensemble.out
     log.info("models from %s (train.out) and %s (ensemble.out)",
              ", ".join(sorted({str(p) for p in checkpoints.values()})), ensembles)
-    return load_predictor(checkpoints, ensembles, device)
+    return load_predictor(checkpoints, ensembles, device, allow_synthetic, prevalence)
 
 
 def predictor_from_args(params_path: str | Path = "params.yaml",
                         models_dir: str | Path | None = None,
-                        device: str = "auto") -> Predictor:
+                        device: str = "auto", allow_synthetic: bool = False,
+                        prevalence: Mapping[str, float] | None = None) -> Predictor:
     """A :class:`Predictor` from ``--models DIR``, else from the params file's model paths.
 
     Paths in the params file are relative to its folder (the project root), so the command
@@ -200,12 +255,14 @@ def predictor_from_args(params_path: str | Path = "params.yaml",
     dev = pick_device(device)
     if models_dir is not None:
         folder = Path(models_dir)
-        return load_predictor({t: folder for t in TASKS}, folder, dev)
+        return load_predictor({t: folder for t in TASKS}, folder, dev, allow_synthetic,
+                              prevalence)
     params_path = Path(params_path)
     if not params_path.is_file():
         raise UserError(f"{params_path}: params file not found; run from the project root, "
                         "pass --params, or give the models folder with --models DIR")
-    return predictor_for(load_params(params_path), dev, params_path.parent)
+    return predictor_for(load_params(params_path), dev, params_path.parent, allow_synthetic,
+                         prevalence)
 
 
 def pick_device(name: str) -> torch.device:
@@ -417,6 +474,27 @@ def write_output_csv(path: str | Path, table: np.ndarray) -> None:
     write_output(path, "".join(",".join(f"{v:.8f}" for v in row) + "\n" for row in table))
 
 
+def call(prob: float, threshold: float | None) -> str | None:
+    """"positive" when ``prob`` reaches the operating threshold, else "negative"; None
+    when the ensemble has no operating point."""
+    if threshold is None:
+        return None
+    return "positive" if prob >= threshold else "negative"
+
+
+def write_calls_csv(path: str | Path, predictor: Predictor, prediction: Prediction) -> None:
+    """Write ``case_id,abnormal,acl,meniscus`` calls (1 positive, 0 negative) atomically."""
+    lines = ["case_id," + ",".join(TASKS)]
+    for i, case_id in enumerate(prediction.case_ids):
+        cells = []
+        for task in TASKS:
+            c = call(float(prediction.probs[task][i]),
+                     predictor.ensembles[task]["operating_point"]["threshold"])
+            cells.append("" if c is None else str(int(c == "positive")))
+        lines.append(",".join([case_id, *cells]))
+    write_output(path, "\n".join(lines) + "\n")
+
+
 def exam_report(predictor: Predictor, prediction: Prediction, index: int = 0,
                 paths: Mapping[str, Path] | None = None) -> dict[str, Any]:
     """One exam's probabilities and each plane's term in each ensemble, as a JSON-able dict."""
@@ -428,9 +506,17 @@ def exam_report(predictor: Predictor, prediction: Prediction, index: int = 0,
             prob = float(prediction.plane_probs[task, plane][index])
             coef = float(ens["coef"][plane])
             planes[plane] = {"prob": prob, "coef": coef, "contribution": coef * prob}
-        tasks[task] = {"prob": float(prediction.probs[task][index]),
+        prob = float(prediction.probs[task][index])
+        op = ens["operating_point"]
+        tasks[task] = {"prob": prob, "call": call(prob, op["threshold"]),
+                       "threshold": op["threshold"],
+                       "threshold_rule": f"{op['rule']} on {op['split']}",
+                       "prevalence": (ens["target_prevalence"]
+                                      if ens.get("target_prevalence") is not None
+                                      else ens["fit_prevalence"]),
                        "intercept": float(ens["intercept"]), "planes": planes}
-    report: dict[str, Any] = {"case_id": prediction.case_ids[index], "tasks": tasks}
+    report: dict[str, Any] = {"case_id": prediction.case_ids[index], "tasks": tasks,
+                              "trained_on": predictor.trained_on}
     if paths is not None:
         report["files"] = {p: str(paths[p]) for p in PLANES}
     return report
@@ -438,14 +524,22 @@ def exam_report(predictor: Predictor, prediction: Prediction, index: int = 0,
 
 def format_report(report: Mapping[str, Any]) -> str:
     """The exam report as a small text table."""
-    head = f"{'task':<10}{'prob':>8}" + "".join(f"{p:>20}" for p in PLANES) + f"{'intercept':>11}"
+    head = (f"{'task':<10}{'prob':>8}  {'call (threshold)':<22}"
+            + "".join(f"{p:>20}" for p in PLANES) + f"{'intercept':>11}")
     lines = [f"exam {report['case_id']}", head]
     for task, r in report["tasks"].items():
         cells = "".join(f"{c['prob']:>10.4f} ({c['contribution']:+7.3f})"
                         for c in r["planes"].values())
-        lines.append(f"{task:<10}{r['prob']:>8.4f}{cells}{r['intercept']:>+11.3f}")
-    lines.append("prob: ensemble probability. Plane columns: that plane CNN's probability and "
+        verdict = ("n/a" if r["call"] is None else f"{r['call']} ({r['threshold']:.4f})")
+        lines.append(f"{task:<10}{r['prob']:>8.4f}  {verdict:<22}{cells}{r['intercept']:>+11.3f}")
+    first = next(iter(report["tasks"].values()))
+    lines.append("prob: ensemble probability, calibrated to prevalence "
+                 + ", ".join(f"{t} {r['prevalence']:.3f}" for t, r in report["tasks"].items())
+                 + f". call: positive when prob >= the operating threshold ({first['threshold_rule']}"
+                 ", never chosen on valid exams). Plane columns: that plane CNN's probability and "
                  "(coef x prob), its term in the ensemble logit = intercept + sum of terms.")
+    if report.get("trained_on"):
+        lines.append(f"models trained on {report['trained_on']}")
     return "\n".join(lines)
 
 
@@ -478,7 +572,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: CUDA when present (default)")
     parser.add_argument("--batch", type=int, default=8, metavar="N",
                         help="exams per forward pass (default %(default)s)")
+    parser.add_argument("--calls", metavar="OUT",
+                        help="with INPUT_CSV OUTPUT_CSV: also write case_id,abnormal,acl,meniscus "
+                             "calls (1 positive) at each ensemble's operating point")
+    parser.add_argument("--prevalence", nargs="+", metavar="[TASK=]P",
+                        help="move probabilities (and thresholds) to this prevalence, for all "
+                             "tasks or per task (acl=0.45)")
+    parser.add_argument("--allow-synthetic", action="store_true",
+                        help="accept models trained on the synthetic phantoms (demo, tests)")
     return parser
+
+
+def parse_prevalence(values: Sequence[str] | None) -> dict[str, float]:
+    """``--prevalence 0.3`` (every task) or ``acl=0.45 meniscus=0.4`` → {task: prevalence}."""
+    out: dict[str, float] = {}
+    for value in values or []:
+        task, _, number = value.rpartition("=")
+        tasks = [task] if task else list(TASKS)
+        if task and task not in TASKS:
+            raise UserError(f"--prevalence {value}: unknown task {task!r} "
+                            f"(tasks: {', '.join(TASKS)})")
+        try:
+            p = float(number)
+        except ValueError:
+            raise UserError(f"--prevalence {value}: {number!r} is not a number") from None
+        if not 0.0 < p < 1.0:
+            raise UserError(f"--prevalence {value}: a prevalence is in (0, 1)")
+        out.update({t: p for t in tasks})
+    return out
 
 
 @cli
@@ -496,23 +617,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("give INPUT_CSV and OUTPUT_CSV (or --exam for one exam)")
     if args.json or args.viewer:
         parser.error("--json and --viewer go with --exam")
+    if args.calls and Path(args.calls).resolve() == Path(args.output_csv).resolve():
+        parser.error("--calls must name another file than OUTPUT_CSV")
     # Everything a user can get wrong is checked before the models run.
     if Path(args.output_csv).is_dir():
         raise UserError(f"{args.output_csv}: is a folder; OUTPUT_CSV must be a file path")
     cases = read_input_csv(args.input_csv)
     check_cases(cases)
-    predictor = predictor_from_args(args.params, args.models, args.device)
-    log.info("predicting %d cases from %s on %s", len(cases), args.input_csv, predictor.device)
+    predictor = predictor_from_args(args.params, args.models, args.device, args.allow_synthetic,
+                                    parse_prevalence(args.prevalence))
+    log.info("predicting %d cases from %s on %s with models trained on %s", len(cases),
+             args.input_csv, predictor.device, predictor.trained_on)
     prediction = predict_cases(predictor, cases, args.batch)
     write_output_csv(args.output_csv, prediction.table())
     log.info("wrote %d rows (abnormal,acl,meniscus) to %s", len(cases), args.output_csv)
+    if args.calls:
+        write_calls_csv(args.calls, predictor, prediction)
+        log.info("wrote the calls at the operating points to %s", args.calls)
 
 
 def run_exam(args: argparse.Namespace) -> None:
     """The ``--exam`` form: table or JSON, and optionally the viewer."""
+    if args.calls:
+        raise UserError("--calls goes with INPUT_CSV OUTPUT_CSV; with --exam the report "
+                        "(table, --json, --viewer) shows each call")
     case = exam_files(args.exam)
     check_cases([case])
-    predictor = predictor_from_args(args.params, args.models, args.device)
+    predictor = predictor_from_args(args.params, args.models, args.device, args.allow_synthetic,
+                                    parse_prevalence(args.prevalence))
     volumes = load_case(case)
     prediction = predict_volumes(predictor, [volumes], [case.case_id], args.batch)
     report = exam_report(predictor, prediction, 0, case.paths)

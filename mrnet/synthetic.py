@@ -37,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mrnet import PLANES, SPLITS, TASKS
+from mrnet import provenance
 from mrnet.config import SynthesizeConfig
 
 log = logging.getLogger(__name__)
@@ -503,8 +504,13 @@ def _write_csv(path: Path, ids: list[str], labels: np.ndarray) -> None:
     path.write_text("".join(f"{cid},{int(lab)}\n" for cid, lab in zip(ids, labels)))
 
 
+# A file in the root of every phantom dataset; real MRNet-v1.0 has none.
+PHANTOM_MARKER = provenance.PHANTOM_MARKER
+
+
 def generate(root: str | Path, cfg: SynthesizeConfig) -> None:
-    """Write a phantom dataset in the MRNet-v1.0 layout at ``root``.
+    """Write a phantom dataset in the MRNet-v1.0 layout at ``root``, marked as phantoms by a
+    :data:`PHANTOM_MARKER` file in its root.
 
     Everything is written into a temporary sibling folder that is renamed onto ``root`` at the
     end, so a killed run leaves no half dataset. An existing ``root`` is replaced. The same
@@ -528,6 +534,10 @@ def generate(root: str | Path, cfg: SynthesizeConfig) -> None:
                 (tmp / split / plane).mkdir(parents=True)
             for task in TASKS:
                 _write_csv(tmp / f"{split}-{task}.csv", ids[split], labels[split][task])
+        # Models record whether they were trained on phantoms (mrnet.provenance), and predict
+        # refuses such models on real exams unless told otherwise.
+        (tmp / PHANTOM_MARKER).write_text("Synthetic knee phantoms written by mrnet.synthetic, "
+                                          "not patient data.\n")
         jobs = [(split, k, cid) for split in SPLITS for k, cid in enumerate(ids[split])]
         for split, k, cid in tqdm(jobs, desc="phantoms", unit="exam", leave=False):
             exam = render_exam(int(cid), {t: int(labels[split][t][k]) for t in TASKS}, cfg)

@@ -28,6 +28,7 @@ from mrnet.engine import (ExamSet, compute_pos_weight, evaluate, train_one_epoch
 from mrnet.errors import DatasetError, UserError
 from mrnet.io import atomic_path
 from mrnet.model import MRNet, MRNetConfig, use_channels_last
+from mrnet.provenance import provenance
 from mrnet.prepare import load_prepared
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,9 @@ def load_exam_set(prepared: str | Path, root: str | Path, plane: str, split: str
                   task: str | None, device: torch.device) -> ExamSet:
     """A prepared split × plane with its labels of ``task``, slices moved to ``device``."""
     ps = load_prepared(prepared, plane, split)
-    slices = torch.from_numpy(np.array(ps.slices)).to(device)  # one read; epochs reuse it
+    # One plain read (epochs reuse it): copying through the memory map would keep every page
+    # mapped as well and double the peak resident memory.
+    slices = torch.from_numpy(np.load(ps.slices.filename, allow_pickle=False)).to(device)
     labels = None if task is None else torch.from_numpy(labels_for(root, split, task, ps.case_ids))
     return ExamSet(slices, torch.from_numpy(ps.offsets), torch.from_numpy(ps.counts),
                    ps.case_ids, labels)
@@ -340,7 +343,8 @@ def train_model(params: Params, task: str, plane: str, *, stop_after: int | None
 
     seed = derive_seed(cfg.seed, task, plane)
     torch.manual_seed(seed)  # model init only; every later draw uses the run's generator
-    model_cfg = MRNetConfig(params.model.backbone, params.model.slice_pool)
+    model_cfg = MRNetConfig(params.model.backbone, params.model.slice_pool,
+                            params.model.spatial_pool)
     model = MRNet(model_cfg, pretrained=params.model.pretrained).to(device)
     bf16 = use_bf16(cfg.precision, device)
     fast_layout(model, device, bf16)
@@ -367,7 +371,9 @@ def train_model(params: Params, task: str, plane: str, *, stop_after: int | None
                      sel_set.case_ids, fit_set.labels.tolist(), sel_set.labels.tolist(),
                      [len(fit_set.slices), slices_checksum(fit_set.slices)])
     config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
-              "task": task, "plane": plane, "image_size": int(train_all.slices.shape[-1])}
+              "task": task, "plane": plane, "image_size": int(train_all.slices.shape[-1]),
+              "provenance": provenance(params.data.root, "bf16" if bf16 else "fp32",
+                                       device.type)}
     state = run_training(name, model, cfg, seed, make_epoch, fp, Path(cfg.out) / f"{name}.pt",
                          config, selection, live_dir=live_dir, stop_after=stop_after)
     return {"best_epoch": state.best_epoch, "val_auc": state.best_auc,

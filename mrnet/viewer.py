@@ -117,6 +117,8 @@ def render_html(case_id: str, volumes: Mapping[str, np.ndarray],
         "peaks": {t: {p: cams[t][p].peak_slice for p in PLANES} for t in TASKS},
         "active": {t: {p: cams[t][p].raw_max > 0 for p in PLANES} for t in TASKS},
         "probs": {t: {"prob": report["tasks"][t]["prob"],
+                      "call": report["tasks"][t].get("call"),
+                      "threshold": report["tasks"][t].get("threshold"),
                       "planes": {p: report["tasks"][t]["planes"][p]["prob"] for p in PLANES}}
                   for t in TASKS},
         "labels": dict(labels) if labels is not None else None,
@@ -222,7 +224,7 @@ const fmt = x => x.toFixed(3);
 
 function buildTable() {
   const tab = document.getElementById("probs");
-  let head = "<tr><th>task</th><th>ensemble</th>";
+  let head = "<tr><th>task</th><th>ensemble</th><th>call (threshold)</th>";
   for (const p of D.planes) head += "<th>" + p + "</th>";
   if (D.labels) head += "<th>label</th>";
   tab.innerHTML = head + "</tr>";
@@ -230,6 +232,9 @@ function buildTable() {
     const tr = document.createElement("tr");
     tr.id = "row-" + t;
     let cells = "<td>" + t + "</td><td><b>" + fmt(D.probs[t].prob) + "</b></td>";
+    const th = D.probs[t].threshold;
+    cells += "<td>" + (D.probs[t].call || "n/a") +
+      (th === null || th === undefined ? "" : " (" + fmt(th) + ")") + "</td>";
     for (const p of D.planes) cells += "<td>" + fmt(D.probs[t].planes[p]) + "</td>";
     if (D.labels) cells += "<td>" + D.labels[t] + "</td>";
     tr.innerHTML = cells;

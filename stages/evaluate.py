@@ -10,6 +10,9 @@ ran; writes
 - ``reports/metrics.json`` and ``reports/metrics.md``: every model's figures (AUC with CI,
   paired AUC difference to the ensemble, average precision, calibration, figures at 0.5 and
   at the operating point);
+- ``reports/model-card.md``: intended use, training data and prevalences (from
+  ``reports/dataset.json``), the selection protocol, valid AUCs and the operating point with
+  intervals, calibration, known limits; its numbers are those of ``reports/metrics.json``;
 - ``reports/errors.md`` and ``reports/errors.json``: per task the valid exams the ensemble
   gets most wrong at its operating point, linked to their viewer pages (the viewer stage
   renders exactly these exams);
@@ -38,7 +41,8 @@ from mrnet.metrics import (evaluate_all, headline, largest_errors, metrics_table
 from mrnet.plots import (plot_roc, pr_table, read_dvclive_series, reliability_table,
                          roc_table, write_table)
 from mrnet.probs import read_probs, rows
-from mrnet.report import ERRORS_JSON, REPORTS, errors_markdown, metrics_markdown
+from mrnet.report import (DATASET_REPORT, ERRORS_JSON, REPORTS, errors_markdown,
+                          metrics_markdown, model_card, read_json)
 
 log = logging.getLogger("stages.evaluate")
 
@@ -141,6 +145,10 @@ def main() -> None:
               for task in TASKS}
     viewer_href = Path(os.path.relpath(params.viewer.out, REPORTS)).as_posix()
     curves = learning_curves(learning_dirs(multitask_out))
+    dataset = read_json(DATASET_REPORT, "the validate stage's report; run `dvc repro validate`")
+    ensembles = {task: read_json(Path(params.ensemble.out) / f"ensemble-{task}.json",
+                                 "the ensemble; run `dvc repro ensemble`") for task in TASKS}
+    card = model_card(report, dataset, ensembles, params.data.tune_fraction, cfg.ci)
 
     # Plots and reports first, the headline metrics last: a run killed half way leaves the old
     # metrics, not new numbers next to old plots.
@@ -159,6 +167,7 @@ def main() -> None:
     write_json(ERRORS_JSON, {task: errors[task].to_dict("records") for task in TASKS})
     write_text(REPORTS / "errors.md", errors_markdown(errors, thresholds, viewer_href))
     write_text(REPORTS / "metrics.md", metrics_markdown(metrics_table(report), cfg.ci))
+    write_text(REPORTS / "model-card.md", card)
     write_json(REPORTS / "metrics.json", report)
     for name, values in head.items():
         write_json(METRICS / f"{name}.json", values)

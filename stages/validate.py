@@ -13,11 +13,13 @@ from mrnet import PLANES, SPLITS, TASKS
 from mrnet.config import load_params
 from mrnet.errors import cli
 from mrnet.io import write_json
+from mrnet.report import DATASET_REPORT
+from mrnet.provenance import dataset_fingerprint, is_synthetic
 from mrnet.validate import validate_dataset
 
 log = logging.getLogger("stages.validate")
 
-REPORT = Path("reports/dataset.json")
+REPORT = DATASET_REPORT
 
 
 @cli
@@ -33,6 +35,11 @@ def main() -> None:
                  ", ".join(f"{t} {r[t]['prevalence']:.1%}" for t in TASKS),
                  ", ".join(f"{p} {r[p]['slices_min']}-{r[p]['slices_max']} ({r[p]['size']})"
                            for p in PLANES))
+    # What the models trained on this data will record (mrnet.provenance).
+    report["fingerprint"] = dataset_fingerprint(root)
+    report["synthetic"] = is_synthetic(root)
+    log.info("fingerprint %s; %s", report["fingerprint"][:12],
+             "synthetic phantoms" if report["synthetic"] else "not the synthetic phantoms")
     write_json(REPORT, report)
     log.info("wrote %s", REPORT)
 

@@ -35,7 +35,9 @@ def main() -> None:
                         f"{params.data.root} (rerun the pipeline: the report is out of date)")
     log.info("viewer: %d valid exams of %s listed in %s, first task %s -> %s", len(exams),
              params.data.root, ERRORS_JSON, cfg.task, cfg.out)
-    predictor = predictor_for(params, select_device(params.train.device))
+    # The pipeline's own models on the pipeline's own data: phantom-trained models are what
+    # the demo has, so they are shown (the pages say what the models were trained on).
+    predictor = predictor_for(params, select_device(params.train.device), allow_synthetic=True)
     volumes = [{p: load_series(e.paths[p]) for p in PLANES} for e in exams]
     prediction = predict_volumes(predictor, volumes, [e.case_id for e in exams])
     pages = {}

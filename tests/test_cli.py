@@ -73,11 +73,13 @@ def test_predict_from_another_directory(pipeline: Params, tmp_path: Path) -> Non
              for c in ids for p in ("sagittal", "coronal", "axial")]
     (tmp_path / "in.csv").write_text("".join(line + "\n" for line in lines))
     models = str(Path(pipeline.train.out).resolve())
-    proc = run_mrnet(tmp_path, "predict", "in.csv", "out.csv", "--models", models)
+    proc = run_mrnet(tmp_path, "predict", "--allow-synthetic", "in.csv", "out.csv",
+                     "--models", models)
     assert proc.returncode == 0, proc.stderr
     with (tmp_path / "out.csv").open(newline="") as fh:
         got = np.array([[float(v) for v in row] for row in csv.reader(fh)])
-    predictor = load_predictor({t: Path(models) for t in TASKS}, Path(models))
+    predictor = load_predictor({t: Path(models) for t in TASKS}, Path(models),
+                               allow_synthetic=True)
     volumes = [{p: load_series(root / "valid" / p / f"{c}.npy") for p in PLANES} for c in ids]
     expected = predict_volumes(predictor, volumes, ids).table()
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
@@ -86,7 +88,8 @@ def test_predict_from_another_directory(pipeline: Params, tmp_path: Path) -> Non
 def test_predict_a_dicom_folder_directly(pipeline: Params, dicom_exam: Path,
                                          tmp_path: Path) -> None:
     models = str(Path(pipeline.train.out).resolve())
-    proc = run_mrnet(tmp_path, "predict", "--exam", str(dicom_exam), "--models", models,
+    proc = run_mrnet(tmp_path, "predict", "--allow-synthetic", "--exam", str(dicom_exam),
+                     "--models", models,
                      "--json", "-")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -94,13 +97,15 @@ def test_predict_a_dicom_folder_directly(pipeline: Params, dicom_exam: Path,
     # The same as importing first and predicting the three .npy series.
     imported = tmp_path / "imported"
     import_exam(dicom_exam, imported)
-    predictor = load_predictor({t: Path(models) for t in TASKS}, Path(models))
+    predictor = load_predictor({t: Path(models) for t in TASKS}, Path(models),
+                               allow_synthetic=True)
     volumes = {p: load_series(imported / f"{p}.npy") for p in PLANES}
     expected = predict_volumes(predictor, [volumes], ["knee-0007"])
     for task in TASKS:
         assert report["tasks"][task]["prob"] == pytest.approx(expected.probs[task][0], abs=1e-6)
     # `mrnet exam` is the same report.
-    proc = run_mrnet(tmp_path, "exam", str(dicom_exam), "--models", models, "--json", "-")
+    proc = run_mrnet(tmp_path, "exam", str(dicom_exam), "--allow-synthetic", "--models",
+                     models, "--json", "-")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["tasks"] == report["tasks"]
 

@@ -77,3 +77,49 @@ def test_probs_match_sklearn() -> None:
                                                        joined["label"].to_numpy()[train])
     np.testing.assert_allclose(ensemble_probs(model, features),
                                ref.predict_proba(features)[:, 1], rtol=1e-10)
+
+
+def test_operating_point_comes_from_the_fit_split_only() -> None:
+    tables = _tables()
+    model = fit_ensemble(join_planes(tables))
+    op = model["operating_point"]
+    assert op["rule"] == "youden" and op["split"] == "train"
+    joined = join_planes(tables)
+    train = joined[joined["split"] == "train"]
+    probs = ensemble_probs(model, train[list(PLANES)].to_numpy())
+    from mrnet.metrics import youden_threshold
+    assert op["threshold"] == youden_threshold(train["label"].to_numpy(), probs)
+    # Flipping every valid label changes nothing about the threshold.
+    for t in tables.values():
+        t.loc[t["split"] == "valid", "label"] ^= 1
+    assert fit_ensemble(join_planes(tables))["operating_point"] == op
+
+
+def test_prior_shift_matches_a_hand_computation() -> None:
+    from mrnet.ensemble import prior_shift, with_prevalence
+
+    # fit prevalence 0.2 -> target 0.5: logit offset log(1) - log(0.25) = log 4
+    assert prior_shift(0.2, 0.5) == pytest.approx(np.log(4.0))
+    assert prior_shift(0.2, None) == 0.0
+    joined = join_planes(_tables())
+    base = fit_ensemble(joined)
+    features = joined[list(PLANES)].to_numpy()
+    p = ensemble_probs(base, features)
+    target = 0.45
+    f = base["fit_prevalence"]
+    # Bayes by hand: odds' = odds * (t / (1 - t)) / (f / (1 - f))
+    odds = p / (1 - p) * (target / (1 - target)) / (f / (1 - f))
+    want = odds / (1 + odds)
+    shifted = with_prevalence(base, target)
+    np.testing.assert_allclose(ensemble_probs(shifted, features), want, rtol=1e-10)
+    np.testing.assert_allclose(ensemble_probs(fit_ensemble(joined, target_prevalence=target),
+                                              features), want, rtol=1e-10)
+    # The threshold moves with the probabilities: every call stays the same.
+    calls = p >= base["operating_point"]["threshold"]
+    assert np.array_equal(ensemble_probs(shifted, features)
+                          >= shifted["operating_point"]["threshold"] - 1e-12, calls)
+    back = with_prevalence(shifted, None)
+    assert back["operating_point"]["threshold"] == pytest.approx(
+        base["operating_point"]["threshold"])
+    with pytest.raises(UserError, match=r"prevalence must be in \(0, 1\)"):
+        with_prevalence(base, 1.5)

@@ -391,7 +391,8 @@ def test_headline_takes_the_report_numbers() -> None:
             "multitask_auc": report[task]["multitask"]["auc"],
             "operating_point": ens["operating_point"],
             "sensitivity_at_operating_point": ens["sensitivity_at_operating_point"],
-            "specificity_at_operating_point": ens["specificity_at_operating_point"]}
+            "specificity_at_operating_point": ens["specificity_at_operating_point"],
+            "brier": ens["brier"], "ece": ens["ece"]}
     assert head["mean"] == {"auc": report["mean_auc"]["ensemble"],
                             "multitask_auc": report["mean_auc"]["multitask"]}
     without = headline(evaluate_all({t: {m: v for m, v in tables[t].items() if m != "multitask"}
@@ -419,6 +420,18 @@ def _write_inputs(workdir: Path, extra: tuple[str, ...] = ()) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             _write_csv(folder / f"{name}.csv",
                        [(ids[i], splits[i], labels[i], probs[i]) for i in order])
+    # What the model card reads: the validate stage's report and the ensembles' files.
+    split_report = {t: {"positives": 15, "prevalence": 0.5} for t in TASKS}
+    (workdir / "reports").mkdir(exist_ok=True)
+    (workdir / "reports" / "dataset.json").write_text(json.dumps({
+        "train": {"exams": 30, **split_report}, "valid": {"exams": 20, **split_report},
+        "fingerprint": "ab" * 32, "synthetic": True}))
+    (workdir / "models").mkdir(exist_ok=True)
+    for task in TASKS:
+        (workdir / "models" / f"ensemble-{task}.json").write_text(json.dumps({
+            "fit_split": "train", "fit_prevalence": 0.5, "target_prevalence": None,
+            "provenance": {"data_root": "data/x", "git_commit": "c0ffee", "synthetic": True,
+                           "torch_version": "2"}}))
     return probs_dir
 
 
@@ -459,13 +472,25 @@ def test_stage_end_to_end(tmp_path: Path) -> None:
         for row in errors[task]:
             assert f"[{row['case_id']}](../plots/viewer/{row['case_id']}.html)" in page
     assert "| ensemble |" in (tmp_path / "reports" / "metrics.md").read_text()
+    card = (tmp_path / "reports" / "model-card.md").read_text()
+    assert "Not for diagnosis" in card and "trained on synthetic knee phantoms" in card
+    for task in TASKS:
+        r = report[task]["ensemble"]
+        assert (f"| {task} | {r['auc']:.3f} [{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}] |"
+                in card), task
+        sens = (f"{r['sensitivity_at_operating_point']:.3f} "
+                f"[{r['sensitivity_at_operating_point_ci_low']:.3f}, "
+                f"{r['sensitivity_at_operating_point_ci_high']:.3f}]")
+        assert sens in card and f"{r['operating_point']:.4f} (train)" in card
+        assert f"| {r['brier']:.3f} | {r['ece']:.3f} |" in card
     assert "valid headline" in proc.stderr  # the results table is logged
 
     # A corrupted input: one error line naming the file; nothing written is touched. The
     # inode shows a rewrite even with equal bytes (atomic writes replace the file).
     def snapshot() -> dict[Path, tuple[bytes, int]]:
-        paths = [*(tmp_path / "metrics").rglob("*.*"), *(tmp_path / "reports").rglob("*.*"),
-                 *(tmp_path / "plots").rglob("*.*")]
+        paths = [*(tmp_path / "metrics").rglob("*.*"), *(tmp_path / "reports").rglob("*.md"),
+                 *(tmp_path / "reports").rglob("metrics.json"),
+                 *(tmp_path / "reports").rglob("errors.json"), *(tmp_path / "plots").rglob("*.*")]
         return {p: (p.read_bytes(), p.stat().st_ino) for p in paths}
 
     before = snapshot()
@@ -499,3 +524,16 @@ def test_stage_picks_up_an_extra_model_and_learning_curves(tmp_path: Path) -> No
     assert curves.to_dict("list") == {"model": ["acl-sagittal"] * 2 + ["multitask"] * 2,
                                       "i": [0, 1, 0, 1], "step": [0, 1, 0, 1],
                                       "value": [0.6, 0.7, 0.6, 0.7]}
+
+
+def test_wilson_interval_by_hand() -> None:
+    from mrnet.metrics import wilson_interval
+
+    # 8 of 10 at 95%: z = 1.96, centre (0.8 + z²/20) / (1 + z²/10), half-width as below.
+    z = 1.959963984540054
+    centre = (0.8 + z * z / 20) / (1 + z * z / 10)
+    half = z * np.sqrt(0.8 * 0.2 / 10 + z * z / 400) / (1 + z * z / 10)
+    assert wilson_interval(8, 10, 0.95) == pytest.approx((centre - half, centre + half))
+    low, high = wilson_interval(0, 5, 0.95)
+    assert low == 0.0 and 0.4 < high < 0.5
+    assert all(np.isnan(v) for v in wilson_interval(0, 0, 0.95))

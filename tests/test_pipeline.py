@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -153,6 +154,19 @@ def test_task_param_reruns_only_that_task(repo: Path) -> None:
     assert "task.acl.lr" in params_diff
     metrics_diff = run(repo, "dvc", "metrics", "diff").stdout
     assert "acl" in metrics_diff
+    # The README's compact comparison fits a 160-column terminal and shows every task's AUC.
+    command = next(line.split("#")[0].strip() for line in
+                   (PROJECT / "README.md").read_text().splitlines()
+                   if line.startswith("dvc exp show --only-changed --drop"))
+    proc = subprocess.run(shlex.split(command) + ["--no-pager"], cwd=repo, capture_output=True,
+                          text=True, env={**_env(), "COLUMNS": "160"})
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.splitlines()
+    assert max(len(line) for line in table) <= 160, proc.stdout
+    header = " ".join(table[:4])
+    for task in (*TASKS, "mean"):
+        assert f"metrics/{task}.json:auc" in header, proc.stdout
+    assert "…" not in proc.stdout, proc.stdout  # nothing had to be cut to fit
     restore(repo)
 
 

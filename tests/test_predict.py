@@ -33,7 +33,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Params:
 @pytest.fixture(scope="module")
 def predictor(pipeline: Params) -> Predictor:
     folder = Path(pipeline.train.out)
-    return load_predictor({t: folder for t in TASKS}, Path(pipeline.ensemble.out))
+    return load_predictor({t: folder for t in TASKS}, Path(pipeline.ensemble.out),
+                          allow_synthetic=True)
 
 
 def valid_ids(params: Params) -> list[str]:
@@ -60,7 +61,8 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    return subprocess.run([sys.executable, "-m", "mrnet.predict", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "mrnet.predict", "--allow-synthetic", *args],
+                          cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -100,7 +102,7 @@ def test_cli_rows_follow_input_and_equal_the_pipeline(pipeline: Params, tmp_path
     assert shuffled != sum(input_lines(pipeline, ids, tmp_path), [])
     write_lines(tmp_path / "shuffled.csv", shuffled)
     monkeypatch.chdir(tmp_path)
-    main(["shuffled.csv", "shuffled-out.csv", "--models", pipeline.train.out])
+    main(["--allow-synthetic", "shuffled.csv", "shuffled-out.csv", "--models", pipeline.train.out])
     assert (tmp_path / "shuffled-out.csv").read_bytes() == (tmp_path / "out/pred.csv").read_bytes()
 
 
@@ -174,7 +176,7 @@ def test_bad_input_is_one_error_line_and_no_output(kind: str, pipeline: Params, 
     args, expect = _bad_input(pipeline, tmp_path, kind)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        main(["input.csv", "out.csv", *args])
+        main(["--allow-synthetic", "input.csv", "out.csv", *args])
     assert exc.value.code != 0
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -201,7 +203,8 @@ def test_default_models_come_from_params(pipeline: Params, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
-        main(["--exam", str(Path(pipeline.data.root, "valid", "axial", "1130.npy")),
+        main(["--allow-synthetic", "--exam",
+              str(Path(pipeline.data.root, "valid", "axial", "1130.npy")),
               str(Path(pipeline.data.root, "valid", "coronal", "1130.npy")),
               str(Path(pipeline.data.root, "valid", "sagittal", "1130.npy"))])
     err = capsys.readouterr().err
@@ -211,7 +214,7 @@ def test_default_models_come_from_params(pipeline: Params, tmp_path: Path,
     proj.mkdir()
     (proj / "models").symlink_to(Path(pipeline.train.out).resolve())
     (proj / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
-    main(["--params", str(proj / "params.yaml"), "--json", "-", "--exam",
+    main(["--allow-synthetic", "--params", str(proj / "params.yaml"), "--json", "-", "--exam",
           str(Path(pipeline.data.root, "valid", "axial", "1130.npy")),
           str(Path(pipeline.data.root, "valid", "coronal", "1130.npy")),
           str(Path(pipeline.data.root, "valid", "sagittal", "1130.npy"))])
@@ -242,7 +245,7 @@ def test_exam_forms_and_report_contributions(pipeline: Params, tmp_path: Path,
 
     monkeypatch.chdir(tmp_path)
     models = ["--models", str(Path(pipeline.train.out).resolve())]
-    main(["--exam", "knee", "--json", "-", *models])
+    main(["--allow-synthetic", "--exam", "knee", "--json", "-", *models])
     report = json.loads(capsys.readouterr().out)
     ens = json.loads(Path(pipeline.ensemble.out, "ensemble-acl.json").read_text())
     acl = report["tasks"]["acl"]
@@ -351,3 +354,82 @@ def test_learned_cam_points_at_the_lesion() -> None:
         on_slice += pc.peak_slice == s
     assert np.mean(d_peak) < 0.7 * np.mean(d_random), (d_peak, d_random)
     assert on_slice >= 6, on_slice  # of 8; chance is 1 in 6
+
+
+# ---------------------------------------------------------------- calls, prevalence, provenance
+
+
+def test_calls_at_the_shipped_operating_point(pipeline: Params, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    ids = valid_ids(pipeline)
+    monkeypatch.chdir(tmp_path)
+    lines = [str(Path(pipeline.data.root, "valid", p, f"{c}.npy")) for c in ids for p in PLANES]
+    write_lines(tmp_path / "input.csv", lines)
+    models = ["--models", str(Path(pipeline.train.out).resolve())]
+    main(["--allow-synthetic", "input.csv", "out.csv", "--calls", "calls.csv", *models])
+    probs = read_output(tmp_path / "out.csv")
+    assert probs.shape == (len(ids), 3)  # the official output stays three numbers a row
+    calls = (tmp_path / "calls.csv").read_text().splitlines()
+    assert calls[0] == "case_id,abnormal,acl,meniscus"
+    for k, task in enumerate(TASKS):
+        threshold = json.loads(Path(pipeline.ensemble.out, f"ensemble-{task}.json")
+                               .read_text())["operating_point"]["threshold"]
+        want = [str(int(p >= threshold)) for p in probs[:, k]]
+        assert [row.split(",")[1 + k] for row in calls[1:]] == want
+    assert [row.split(",")[0] for row in calls[1:]] == ids
+
+    main(["--allow-synthetic", "--exam", *lines[:3], "--json", "-", *models])
+    report = json.loads(capsys.readouterr().out)
+    for task, r in report["tasks"].items():
+        assert r["call"] == ("positive" if r["prob"] >= r["threshold"] else "negative")
+        assert r["threshold_rule"] == "youden on train"
+    main(["--allow-synthetic", "--exam", *lines[:3], *models])
+    table = capsys.readouterr().out
+    acl = report["tasks"]["acl"]
+    assert f"{acl['call']} ({acl['threshold']:.4f})" in table
+
+
+def test_prevalence_shift_matches_a_hand_computation(pipeline: Params, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    ids = valid_ids(pipeline)
+    exam = [str(Path(pipeline.data.root, "valid", p, f"{ids[1]}.npy")) for p in PLANES]
+    models = ["--models", str(Path(pipeline.train.out).resolve())]
+    main(["--allow-synthetic", "--exam", *exam, "--json", "-", *models])
+    base = json.loads(capsys.readouterr().out)["tasks"]
+    main(["--allow-synthetic", "--exam", *exam, "--json", "-", "--prevalence", "acl=0.45",
+          *models])
+    shifted = json.loads(capsys.readouterr().out)["tasks"]
+    fit = json.loads(Path(pipeline.ensemble.out, "ensemble-acl.json").read_text())
+    f, t, p = fit["fit_prevalence"], 0.45, base["acl"]["prob"]
+    odds = p / (1 - p) * (t / (1 - t)) / (f / (1 - f))
+    assert shifted["acl"]["prob"] == pytest.approx(odds / (1 + odds), rel=1e-9)
+    assert shifted["acl"]["prevalence"] == 0.45 and base["acl"]["prevalence"] == f
+    assert shifted["acl"]["call"] == base["acl"]["call"]  # the threshold moved with it
+    assert shifted["meniscus"] == base["meniscus"]  # only the named task moves
+    with pytest.raises(SystemExit):
+        main(["--allow-synthetic", "--exam", *exam, "--prevalence", "acl=1.2", *models])
+    assert "--prevalence acl=1.2: a prevalence is in (0, 1)" in capsys.readouterr().err
+
+
+def test_phantom_models_are_refused_without_the_flag(pipeline: Params, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    ckpt = torch.load(Path(pipeline.train.out) / "acl-sagittal.pt", weights_only=True)
+    record = ckpt["config"]["provenance"]
+    assert record["synthetic"] is True and record["data_root"] == pipeline.data.root
+    from mrnet.train import use_bf16
+    resolved = use_bf16(ckpt["config"]["train"]["precision"], torch.device("cpu"))
+    assert record["precision"] == ("bf16" if resolved else "fp32")  # never "auto"
+    assert record["device_type"] == "cpu"
+    assert record["torch_version"] == torch.__version__ and len(record["dataset_fingerprint"]) == 64
+    ens = json.loads(Path(pipeline.ensemble.out, "ensemble-acl.json").read_text())
+    assert ens["provenance"]["dataset_fingerprint"] == record["dataset_fingerprint"]
+    exam = [str(Path(pipeline.data.root, "valid", p, f"{valid_ids(pipeline)[0]}.npy"))
+            for p in PLANES]
+    with pytest.raises(SystemExit) as exc:
+        main(["--exam", *exam, "--models", str(Path(pipeline.train.out).resolve())])
+    assert exc.value.code != 0
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "trained on the synthetic phantoms" in lines[0]
+    assert "--allow-synthetic" in lines[0]

@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from mrnet import PLANES, SPLITS, TASKS
 from mrnet.config import SynthesizeConfig
 from mrnet.data import list_exams, read_labels
+from mrnet.provenance import is_synthetic
 from mrnet.synthetic import PREVALENCE, draw_labels, generate, render_exam
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -84,7 +85,9 @@ def _global_stat_auc(features: dict[str, tuple], task: str) -> float:
 
 def test_layout_and_csvs(small: Path) -> None:
     assert sorted(p.name for p in small.iterdir()) == sorted(
-        list(SPLITS) + [f"{s}-{t}.csv" for s in SPLITS for t in TASKS])
+        list(SPLITS) + [f"{s}-{t}.csv" for s in SPLITS for t in TASKS]
+        + ["SYNTHETIC-PHANTOMS.txt"])  # the mark that models' provenance reads
+    assert is_synthetic(small) and not is_synthetic(small / "train")
     expected = {"train": [f"{i:04d}" for i in range(8)],
                 "valid": [f"{i:04d}" for i in range(1130, 1136)]}
     for split in SPLITS:

@@ -209,7 +209,7 @@ def test_stage_and_predict_write_viewers_of_trained_models(pipeline: Params, tmp
     # predict --exam ... --viewer: the same page for any exam.
     monkeypatch.chdir(tmp_path)
     exam = [str(Path(pipeline.data.root, "valid", p, f"{valid[0]}.npy")) for p in PLANES]
-    predict_main(["--exam", *exam, "--viewer", "one.html", "--task", "meniscus",
+    predict_main(["--allow-synthetic", "--exam", *exam, "--viewer", "one.html", "--task", "meniscus",
                   "--models", pipeline.train.out])
     one, staged = page_data(tmp_path / "one.html"), page_data(first)
     assert staged.pop("labels") is not None and one.pop("labels") is None  # the stage adds them
