@@ -84,6 +84,7 @@ class ModelConfig:
     pretrained: bool = False
     slice_pool: str = "max"
     spatial_pool: str = "avg"
+    init: str = "default"
 
     def check(self, key: str) -> None:
         if self.backbone not in BACKBONES:
@@ -94,6 +95,11 @@ class ModelConfig:
         if self.spatial_pool not in ("avg", "max"):
             raise ParamsError(f"{key}.spatial_pool must be 'avg' or 'max', "
                               f"got {self.spatial_pool!r}")
+        if self.init not in ("default", "kaiming"):
+            raise ParamsError(f"{key}.init must be 'default' or 'kaiming', got {self.init!r}")
+        if self.init != "default" and self.pretrained:
+            raise ParamsError(f"{key}.init only sets how a random backbone starts; with "
+                              f"{key}.pretrained true set it to 'default'")
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,35 @@ def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: float) 
     return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
 
 
+def constant_output_loss(labels: np.ndarray | torch.Tensor) -> float:
+    """The weighted BCE (positives weighted by neg/pos) of the best constant output.
+
+    With that weight both classes weigh the same, so the best constant is p = 0.5 and the
+    loss is 2 · (share of negatives) · ln 2 (1.13 at ACL's 18% prevalence): a train loss that
+    stays there is a model that has learned nothing but the class balance.
+    """
+    labels = np.asarray(labels)
+    return float(2.0 * np.mean(labels == 0) * np.log(2.0))
+
+
+def output_collapsed(train_losses: list[float] | np.ndarray, logits: np.ndarray,
+                     train_labels: np.ndarray, loss_tol: float = 0.01,
+                     min_spread: float = 0.05) -> bool:
+    """Whether training collapsed to a constant output.
+
+    True when every epoch's train loss stayed within ``loss_tol`` (relative) of
+    :func:`constant_output_loss` and the model's ``logits`` on held-out exams have a standard
+    deviation below ``min_spread``. A model that learned the findings fails both: its loss
+    falls and its logits separate the classes by whole units.
+    """
+    flat = constant_output_loss(train_labels)
+    losses = np.asarray(train_losses, dtype=np.float64)
+    if losses.size == 0:
+        raise ValueError("train_losses is empty")
+    loss_flat = bool(np.all(np.abs(losses - flat) <= loss_tol * flat))
+    return loss_flat and float(np.std(logits)) < min_spread
+
+
 def train_one_epoch(model: nn.Module, data: ExamSet, optimizer: torch.optim.Optimizer,
                     pos_weight: float, exams_per_batch: int, aug: AugmentConfig,
                     generator: torch.Generator, device: torch.device, bf16: bool = False,

@@ -183,8 +183,9 @@ def _init_model(params: Params, device: torch.device) -> tuple[MRNet, str]:
         path = Path(params.train_for(SOURCE_TASK).out) / f"{SOURCE_TASK}-{PLANE}.pt"
         model, _ = load_checkpoint(path, device)
         return model, f"weights of {path}"
-    cfg = MRNetConfig(params.model.backbone, params.model.slice_pool)
-    model = MRNet(cfg, pretrained=params.model.pretrained).to(device)
+    cfg = MRNetConfig(params.model.backbone, params.model.slice_pool,
+                      params.model.spatial_pool)
+    model = MRNet(cfg, pretrained=params.model.pretrained, init=params.model.init).to(device)
     return model, "ImageNet weights" if params.model.pretrained else "random init"
 
 

@@ -163,7 +163,8 @@ def train_multitask(params: Params, *, stop_after: int | None = None,
     torch.manual_seed(seed)
     model_cfg = MRNetConfig(params.model.backbone, params.model.slice_pool,
                             params.model.spatial_pool)
-    model = MultitaskMRNet(model_cfg, PLANES, len(TASKS), params.model.pretrained).to(device)
+    model = MultitaskMRNet(model_cfg, PLANES, len(TASKS), params.model.pretrained,
+                           params.model.init).to(device)
     fast_layout(model, device, bf16)
 
     def make_epoch(generator: torch.Generator,

@@ -345,7 +345,8 @@ def train_model(params: Params, task: str, plane: str, *, stop_after: int | None
     torch.manual_seed(seed)  # model init only; every later draw uses the run's generator
     model_cfg = MRNetConfig(params.model.backbone, params.model.slice_pool,
                             params.model.spatial_pool)
-    model = MRNet(model_cfg, pretrained=params.model.pretrained).to(device)
+    model = MRNet(model_cfg, pretrained=params.model.pretrained,
+                  init=params.model.init).to(device)
     bf16 = use_bf16(cfg.precision, device)
     fast_layout(model, device, bf16)
     train_net: torch.nn.Module = model
