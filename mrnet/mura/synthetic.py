@@ -113,8 +113,8 @@ def _break_bone(bones: np.ndarray, f: Finding) -> np.ndarray:
     axis = (e - a) / length
     normal = np.array([-axis[1], axis[0]])
     point = a + f.t * (e - a)
-    gap = 0.35 * r
-    shift = 0.55 * r * (1.0 if f.angle >= 0 else -1.0)
+    gap = 0.5 * r
+    shift = 0.8 * r * (1.0 if f.angle >= 0 else -1.0)
     ca, sa = math.cos(f.angle * 0.5), math.sin(f.angle * 0.5)
     rest = (1.0 - f.t) * length - gap
     direction = ca * axis + sa * normal
@@ -197,7 +197,7 @@ def render_view(rng: np.random.Generator, study: Study, height: int, width: int,
         point = a + f.t * (e - a)
         inside = dist[f.bone] < b[4]
         if f.kind == "lucency":
-            r = 0.8 * b[4]
+            r = 0.9 * b[4]
             rel_x, rel_y = px - point[0], py - point[1]
             along = rel_x * axis[0] + rel_y * axis[1]
             across = rel_x * normal[0] + rel_y * normal[1]
