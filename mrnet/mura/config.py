@@ -20,6 +20,7 @@ import yaml
 
 from mrnet.config import BACKBONES, DEVICES, PRECISIONS, _build
 from mrnet.errors import ParamsError
+from mrnet.model import INITS
 
 PARAMS_FILE = "mura/params.yaml"
 
@@ -78,11 +79,16 @@ class ModelConfig:
 
     backbone: str = "densenet169"
     pretrained: bool = True
+    # How a random backbone starts: "default" (torchvision's) or "kaiming" (He init, which keeps
+    # a from-scratch AlexNet's activations of order one); ImageNet weights replace either.
+    init: str = "default"
 
     def check(self, key: str) -> None:
         if self.backbone not in BACKBONES:
             raise ParamsError(f"{key}.backbone must be one of {', '.join(BACKBONES)}, "
                               f"got {self.backbone!r}")
+        if self.init not in INITS:
+            raise ParamsError(f"{key}.init must be one of {', '.join(INITS)}, got {self.init!r}")
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,9 @@ class MuraNet(MRNet):
     study's view probabilities.
     """
 
-    def __init__(self, backbone: str = "densenet169", pretrained: bool = False) -> None:
-        super().__init__(MRNetConfig(backbone=backbone, slice_pool="mean"), pretrained)
+    def __init__(self, backbone: str = "densenet169", pretrained: bool = False,
+                 init: str = "default") -> None:
+        super().__init__(MRNetConfig(backbone=backbone, slice_pool="mean"), pretrained, init)
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (V,) of normalised views (V, 3, H, W); ``counts`` is ignored (one per view)."""

@@ -245,7 +245,8 @@ def train_mura(params: MuraParams, *, live_dir: str | Path | None | bool = None,
 
     seed = derive_seed(cfg.seed, "mura")
     torch.manual_seed(seed)  # model init only; every later draw uses the run's generator
-    model = MuraNet(params.model.backbone, pretrained=params.model.pretrained).to(device)
+    model = MuraNet(params.model.backbone, pretrained=params.model.pretrained,
+                    init=params.model.init).to(device)
     bf16 = use_bf16(cfg.precision, device)
     fast_layout(model, device, bf16)
     eval_batch = max(cfg.views_per_batch, 64)
