@@ -154,8 +154,8 @@ def test_paper_recipe_resolves_to_the_papers_values(tmp_path: Path) -> None:
                                                     "data.root": str(tmp_path)}))
     assert params.data.root == str(tmp_path) and params.data.tune_fraction == 0.0
     assert params.prepare.image_size == 256
-    assert (params.model.backbone, params.model.pretrained, params.model.slice_pool) == \
-        ("alexnet", True, "max")
+    assert (params.model.backbone, params.model.pretrained, params.model.slice_pool,
+            params.model.spatial_pool) == ("alexnet", True, "max", "avg")
     for cfg in [params.train_for(t) for t in TASKS]:
         # Adam lr 1e-5, weight decay 0.01, batch of one exam, 50 epochs run in full,
         # ReduceLROnPlateau(factor 0.3, patience 5), augmentation of the authors' code.
