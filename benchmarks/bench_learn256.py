@@ -34,6 +34,7 @@ import yaml  # noqa: E402
 from mrnet.cli import apply_overrides, load_recipe  # noqa: E402
 from mrnet.config import SynthesizeConfig, params_from_dict  # noqa: E402
 from mrnet.engine import constant_output_loss, output_collapsed, predict_logits  # noqa: E402
+from mrnet.errors import UserError  # noqa: E402
 from mrnet.prepare import prepare_plane  # noqa: E402
 from mrnet.synthetic import generate  # noqa: E402
 from mrnet.train import (load_checkpoint, load_exam_set, select_device, train_model,  # noqa: E402
@@ -142,4 +143,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:  # e.g. a recipe with pretrained weights not in the torch cache
+        sys.exit(f"error: {exc}")

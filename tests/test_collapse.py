@@ -9,16 +9,21 @@ numbers, then on two real runs of the training loop: one that cannot move (a lea
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from mrnet.config import AugmentConfig
+from mrnet.cli import apply_overrides, load_recipe
+from mrnet.config import AugmentConfig, params_from_dict
 from mrnet.engine import (ExamSet, compute_pos_weight, constant_output_loss, output_collapsed,
                           predict_logits, safe_auc, train_one_epoch, weighted_bce)
-from mrnet.model import MRNet, MRNetConfig
+from mrnet.errors import ParamsError
+from mrnet.model import MRNet, MRNetConfig, normalize, segment_pool
+
+from helpers import PROJECT, raw_params
 
 CPU = torch.device("cpu")
 
@@ -89,3 +94,64 @@ def test_a_run_that_learns_is_not_flagged() -> None:
     assert not output_collapsed(losses, logits, train.labels.numpy())
     assert losses[-1] < 0.25 * constant_output_loss(train.labels.numpy())
     assert safe_auc(held_out.labels.numpy(), logits) > 0.95
+
+
+# ---------------------------------------------------------------- the 256-px recipe's two keys
+
+
+def _slices(n: int = 6, size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    vol = torch.randint(0, 256, (n, size, size), generator=g, dtype=torch.uint8)
+    counts = torch.tensor([2, n - 2])
+    return normalize(vol, counts), counts
+
+
+def test_spatial_max_pool_is_the_max_over_each_slice_map() -> None:
+    x, counts = _slices()
+    torch.manual_seed(0)
+    model = MRNet(MRNetConfig(spatial_pool="max")).eval()
+    with torch.no_grad():
+        maps = model.slice_features(x)
+        assert maps.shape[-2:] == (7, 7)  # AlexNet at 256 px
+        expected = model.classifier(segment_pool(maps.amax(dim=(2, 3)), counts)).squeeze(1)
+        assert torch.allclose(model(x, counts), expected, atol=1e-6)
+        avg = MRNet(MRNetConfig()).eval()
+        avg.load_state_dict(model.state_dict())
+        assert not torch.allclose(avg(x, counts), expected, atol=1e-3)
+
+
+def test_kaiming_init_keeps_features_of_order_one() -> None:
+    """torchvision's init leaves AlexNet's last features at a few hundredths and the logits of
+    different exams within 0.01 of each other; He init makes both about 100x larger."""
+    x, counts = _slices(8)
+    counts = torch.ones(8, dtype=torch.int64)
+    spread = {}
+    for init in ("default", "kaiming"):
+        torch.manual_seed(0)
+        model = MRNet(MRNetConfig(), init=init).eval()
+        with torch.no_grad():
+            spread[init] = (model.slice_features(x).mean().item(), model(x, counts).std().item())
+    assert spread["default"][0] < 0.1 and spread["kaiming"][0] > 1.0
+    assert spread["default"][1] < 0.01 and spread["kaiming"][1] > 10 * spread["default"][1]
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"spatial_pool": "mean"}, r"model\.spatial_pool must be 'avg' or 'max'"),
+    ({"init": "xavier"}, r"model\.init must be 'default' or 'kaiming'"),
+    ({"init": "kaiming", "pretrained": True}, r"model\.init only sets how a random backbone"),
+])
+def test_bad_model_keys_are_named(model: dict, message: str) -> None:
+    raw = copy.deepcopy(raw_params())
+    raw["model"].update(model)
+    with pytest.raises(ParamsError, match=message):
+        params_from_dict(raw)
+
+
+@pytest.mark.parametrize("name, init", [("phantoms-256", "kaiming"),
+                                        ("phantoms-256-pretrained", "default")])
+def test_256_recipes_resolve(name: str, init: str) -> None:
+    recipe = load_recipe(name, PROJECT)
+    params = params_from_dict(apply_overrides(raw_params(), recipe["params"]))
+    assert (params.synthesize.image_size, params.prepare.image_size) == (256, 256)
+    assert (params.model.spatial_pool, params.model.init) == ("max", init)
+    assert params.model.pretrained == (init == "default")
