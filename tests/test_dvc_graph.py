@@ -60,17 +60,28 @@ def import_closure(entry: Path) -> set[str]:
             continue
         seen.add(path)
         todo += imported_files(path) - seen
-    # stages/__init__.py only marks the folder as a package: it holds no code.
-    return {p.relative_to(PROJECT).as_posix() for p in seen} - {"stages/__init__.py"}
+    # The __init__.py files under stages/ only mark folders as packages: they hold no code.
+    return {p.relative_to(PROJECT).as_posix() for p in seen
+            if not (p.name == "__init__.py" and p.parent.parts[-1] in ("stages", "mura")
+                    and p.relative_to(PROJECT).parts[0] == "stages")}
+
+
+# The project's pipelines; their stages run from the project root (mura's with `wdir: ..`),
+# so every code path in them is relative to the root.
+PIPELINES = ("dvc.yaml", "mura/dvc.yaml")
 
 
 def stages() -> dict[str, dict]:
-    return yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for pipeline in PIPELINES:
+        for name, stage in yaml.safe_load((PROJECT / pipeline).read_text())["stages"].items():
+            out[name if pipeline == "dvc.yaml" else f"{pipeline}:{name}"] = stage
+    return out
 
 
 def entry_point(stage: dict) -> Path:
     cmd = stage.get("do", stage)["cmd"]
-    found = re.search(r"python -m (stages\.\w+)", cmd)
+    found = re.search(r"python -m (stages(?:\.\w+)+)", cmd)
     assert found, f"stage command {cmd!r} does not run a stages/ module"
     return module_file(found.group(1))
 

@@ -95,7 +95,14 @@ def test_up_to_date_from_root_and_from_mura_and_metrics_shown(repo: Path) -> Non
     assert "up to date" in run(repo, "dvc", "status", "mura/dvc.yaml").stdout
     assert "didn't change" in run(repo / "mura", "dvc", "repro").stdout
     shown = run(repo / "mura", "dvc", "metrics", "show").stdout
-    assert "metrics/metrics.json" in shown and "per_type.XR_WRIST.kappa" in shown
+    assert "metrics/headline.json" in shown and "kappa" in shown
+    assert "per_type" not in shown and max(len(ln) for ln in shown.splitlines()) <= 200
+    headline = json.loads((repo / "mura/metrics/headline.json").read_text())
+    study = json.loads((repo / "mura/metrics/metrics.json").read_text())["study"]
+    assert headline["auc"] == study["auc"] and headline["kappa"] == study["kappa"]
+    assert headline["sensitivity_at_operating_point"] == study["sensitivity"]
+    full = run(repo / "mura", "dvc", "metrics", "show", "metrics/metrics.json").stdout
+    assert "per_type.XR_WRIST.kappa" in full
     run(repo / "mura", "dvc", "plots", "show", "-o", str(repo / "report"))
     assert (repo / "report" / "index.html").is_file()
 

@@ -1,6 +1,8 @@
 """Stage evaluate (MURA): study-level metrics on valid, overall and per study type, and ROCs.
 
-Writes ``mura/metrics/metrics.json`` (study AUC and Cohen's kappa with bootstrap CIs,
+Writes ``mura/metrics/headline.json`` (study AUC with CI, kappa, and sensitivity and
+specificity at ``evaluate.threshold``, the operating point, fixed by params as in the paper:
+abnormal when the mean probability is above it), ``mura/metrics/metrics.json`` (study AUC and Cohen's kappa with bootstrap CIs,
 accuracy, sensitivity, specificity at ``evaluate.threshold``, the same per study type, and the
 view-level AUC), ``mura/metrics/per_type.csv`` (the per-type table), ``mura/plots/roc.png`` and
 ``mura/plots/roc/{all,XR_*}.csv`` for ``dvc plots``. Everything is computed before the first file
@@ -27,6 +29,9 @@ from mrnet.plots import plot_roc, roc_points
 log = logging.getLogger("stages.mura.evaluate")
 
 METRICS = Path("mura/metrics/metrics.json")
+# What `dvc metrics show` and `dvc exp show` display: the study-level headline, under the same
+# key names as the MRNet headline so the two share columns.
+HEADLINE = Path("mura/metrics/headline.json")
 TABLE = Path("mura/metrics/per_type.csv")
 PLOTS = Path("mura/plots")
 
@@ -63,6 +68,12 @@ def main() -> None:
     with atomic_path(TABLE) as tmp:
         table.to_csv(tmp, float_format="%.4f")
     write_json(METRICS, metrics)
+    study = metrics["study"]
+    write_json(HEADLINE, {"auc": study["auc"], "auc_ci_low": study["auc_ci_low"],
+                          "auc_ci_high": study["auc_ci_high"], "kappa": study["kappa"],
+                          "operating_point": metrics["threshold"],
+                          "sensitivity_at_operating_point": study["sensitivity"],
+                          "specificity_at_operating_point": study["specificity"]})
     log.info("valid, study level (threshold %g):\n%s", cfg.threshold, format_table(table))
     log.info("view-level AUC %.3f; wrote %s, %s, %s", view_auc, METRICS, TABLE, PLOTS)
 
