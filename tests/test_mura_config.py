@@ -21,11 +21,13 @@ def test_project_params_load_as_the_cpu_demo() -> None:
     assert params.data.root == "mura/data/synthetic/MURA-v1.1"
     assert params.model.backbone == "alexnet" and params.model.pretrained is False
     assert params.train.select == "loss" and params.train.loss == "view"
-    assert params.train.augment.rotation == 30.0
+    assert params.train.augment.rotation == 0.0 and params.train.augment.flip == 0.5
+    assert params.model.spatial_pool == "avg"
 
 
 def test_dataclass_defaults_are_the_papers_recipe() -> None:
     assert ModelConfig() == ModelConfig(backbone="densenet169", pretrained=True)
+    assert ModelConfig().spatial_pool == "avg" and ModelConfig().init == "default"
     assert PrepareConfig().image_size == 320
 
 
@@ -35,6 +37,7 @@ def test_dataclass_defaults_are_the_papers_recipe() -> None:
     ("train", "select", "newest", "train.select must be one of loss, auc"),
     ("model", "backbone", "vit", "model.backbone must be one of"),
     ("model", "pretrained", "yes", "params key model.pretrained must be true or false"),
+    ("model", "spatial_pool", "mean", "model.spatial_pool must be one of avg, max, got 'mean'"),
     ("evaluate", "threshold", 1.5, "evaluate.threshold must be in (0, 1)"),
     ("synthesize", "views_max", 0, "synthesize: need 1 <= views_min <= views_max"),
     ("prepare", "image_size", 32, "prepare.image_size must be at least 64"),

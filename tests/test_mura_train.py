@@ -81,6 +81,24 @@ def test_study_probability_is_the_mean_of_its_views(backbone: str) -> None:
     torch.testing.assert_close(study_mean(alone, counts), expected)
 
 
+def test_spatial_max_pool_keeps_a_single_cell() -> None:
+    """avg pools each view's map like the paper; max keeps a finding that fills one cell."""
+    torch.manual_seed(0)
+    avg = MuraNet("resnet18", spatial_pool="avg").eval()
+    top = MuraNet("resnet18", spatial_pool="max").eval()
+    top.load_state_dict(avg.state_dict())
+    x = imagenet_normalize(torch.randint(0, 256, (2, 96, 96), dtype=torch.uint8))
+    with torch.inference_mode():
+        maps = avg.slice_features(x)
+        assert maps.shape[2:] == (3, 3)  # a map of several cells, so the pools differ
+        w, b = avg.classifier.weight[0], avg.classifier.bias[0]
+        torch.testing.assert_close(avg(x), maps.mean(dim=(2, 3)) @ w + b)
+        torch.testing.assert_close(top(x), maps.amax(dim=(2, 3)) @ w + b)
+        assert not torch.allclose(avg(x), top(x))
+    with pytest.raises(ValueError, match="unknown spatial_pool 'sum'"):
+        MuraNet("alexnet", spatial_pool="sum")
+
+
 def test_imagenet_normalisation_per_channel() -> None:
     x = imagenet_normalize(torch.tensor([[[0, 255]]], dtype=torch.uint8))
     assert x.shape == (1, 3, 1, 2)
@@ -130,7 +148,9 @@ def test_training_is_deterministic_and_keeps_the_lowest_validation_loss(prepared
     assert summary["epochs_run"] == 2 and len(ckpt["history"]) == 2
     losses = [row["val_loss"] for row in ckpt["history"]]
     assert ckpt["epoch"] == 1 + int(np.argmin(losses)) and ckpt["val_loss"] == min(losses)
-    assert ckpt["config"]["model"] == {"backbone": "alexnet"}
+    assert ckpt["config"]["model"] == {"backbone": "alexnet",
+                                       "spatial_pool": params.model.spatial_pool}
+    assert model.config.spatial_pool == params.model.spatial_pool
     assert ckpt["config"]["image_size"] == 64
     assert ckpt["config"]["trained_on"]["train_studies"] == 12
     weights = ckpt["config"]["type_weights"]

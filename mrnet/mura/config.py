@@ -23,6 +23,7 @@ from mrnet.errors import ParamsError
 from mrnet.model import INITS
 
 PARAMS_FILE = "mura/params.yaml"
+SPATIAL_POOLS = ("avg", "max")
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,14 @@ class ModelConfig:
     # How a random backbone starts: "default" (torchvision's) or "kaiming" (He init, which keeps
     # a from-scratch AlexNet's activations of order one); ImageNet weights replace either.
     init: str = "default"
+    # How each view's feature map becomes one vector: "avg" (the paper) or "max", which keeps a
+    # finding that fills one cell of a larger map from being averaged away.
+    spatial_pool: str = "avg"
 
     def check(self, key: str) -> None:
+        if self.spatial_pool not in SPATIAL_POOLS:
+            raise ParamsError(f"{key}.spatial_pool must be one of {', '.join(SPATIAL_POOLS)}, "
+                              f"got {self.spatial_pool!r}")
         if self.backbone not in BACKBONES:
             raise ParamsError(f"{key}.backbone must be one of {', '.join(BACKBONES)}, "
                               f"got {self.backbone!r}")

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from mrnet.model import MRNet, MRNetConfig, segment_pool
+from mrnet.model import MRNet, MRNetConfig, segment_pool, spatial_pool
 
 # ImageNet statistics on [0, 1] pixels, per RGB channel (the paper normalises with them).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,7 +39,7 @@ def study_mean(view_probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
 
 class MuraNet(MRNet):
-    """Per view: backbone features -> global average pool -> linear -> one logit.
+    """Per view: backbone features -> global pool (average, or max) -> linear -> one logit.
 
     The same modules (and state-dict keys) as :class:`mrnet.model.MRNet`; a view is an exam of
     one slice, so nothing is pooled across views inside the network. Studies are packed: the
@@ -48,12 +48,15 @@ class MuraNet(MRNet):
     """
 
     def __init__(self, backbone: str = "densenet169", pretrained: bool = False,
-                 init: str = "default") -> None:
-        super().__init__(MRNetConfig(backbone=backbone, slice_pool="mean"), pretrained, init)
+                 init: str = "default", spatial_pool: str = "avg") -> None:
+        if spatial_pool not in ("avg", "max"):
+            raise ValueError(f"unknown spatial_pool {spatial_pool!r}; expected 'avg' or 'max'")
+        super().__init__(MRNetConfig(backbone=backbone, slice_pool="mean",
+                                     spatial_pool=spatial_pool), pretrained, init)
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (V,) of normalised views (V, 3, H, W); ``counts`` is ignored (one per view)."""
-        feats = self.slice_features(x).mean(dim=(2, 3))
+        feats = spatial_pool(self.slice_features(x), self.config.spatial_pool)
         return self.classifier(feats.to(self.classifier.weight.dtype)).squeeze(1)
 
     def study_probs(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

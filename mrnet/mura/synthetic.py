@@ -49,6 +49,11 @@ FINDINGS = ("fracture", "lucency", "hardware")
 BONE_SCALE = 1.25
 # Chance that a view of an abnormal study shows its finding (at least one always does).
 P_VISIBLE = 0.85
+# Floor on a finding's size, in pixels of the rendered view: the fracture's gap (its shift 1.5x
+# this), the lucency's half-width, a plate 1.2x and a screw 0.8x this wide. Scaled with a thin
+# bone alone they were a pixel or two wide and faded when the view is resized for training (a
+# 64-px demo keeps about 0.8 of the rendered pixels), and the demo model did not learn them.
+MIN_FINDING_PX = 4.0
 # Real MURA-v1.1 valid patients are numbered after the train patients.
 VALID_PATIENT_START = 11185
 
@@ -104,17 +109,18 @@ def _line_distance(px: np.ndarray, py: np.ndarray, p: np.ndarray, direction: np.
     return _capsule_distance(px, py, p - half_length * direction, p + half_length * direction)
 
 
-def _break_bone(bones: np.ndarray, f: Finding) -> np.ndarray:
+def _break_bone(bones: np.ndarray, f: Finding, min_size: float = 0.0) -> np.ndarray:
     """The bones with bone ``f.bone`` broken at ``f.t``: a gap, and the distal fragment shifted
-    sideways and tilted (a displaced fracture)."""
+    sideways and tilted (a displaced fracture); gap and shift are at least ``min_size`` (limb
+    units)."""
     b = bones[f.bone]
     a, e, r = b[0:2], b[2:4], b[4]
     length = float(np.linalg.norm(e - a)) or 1.0
     axis = (e - a) / length
     normal = np.array([-axis[1], axis[0]])
     point = a + f.t * (e - a)
-    gap = 0.5 * r
-    shift = 0.8 * r * (1.0 if f.angle >= 0 else -1.0)
+    gap = max(0.5 * r, min_size)
+    shift = max(0.8 * r, 1.5 * min_size) * (1.0 if f.angle >= 0 else -1.0)
     ca, sa = math.cos(f.angle * 0.5), math.sin(f.angle * 0.5)
     rest = (1.0 - f.t) * length - gap
     direction = ca * axis + sa * normal
@@ -165,7 +171,7 @@ def render_view(rng: np.random.Generator, study: Study, height: int, width: int,
     f = study.finding
     shown = f if (f is not None and show_finding) else None
     if shown is not None and shown.kind == "fracture":
-        bones = _break_bone(bones, shown)
+        bones = _break_bone(bones, shown, MIN_FINDING_PX / px_per_unit)
     img = np.full((height, width), rng.uniform(0.02, 0.10))
     dist = [_capsule_distance(px, py, b[0:2], b[2:4]) for b in bones]
     soft = np.min([d - (2.0 * b[4] + 0.12) for d, b in zip(dist, bones)], axis=0)
@@ -196,20 +202,21 @@ def render_view(rng: np.random.Generator, study: Study, height: int, width: int,
         normal = np.array([-axis[1], axis[0]])
         point = a + f.t * (e - a)
         inside = dist[f.bone] < b[4]
+        floor = MIN_FINDING_PX / px_per_unit
         if f.kind == "lucency":
-            r = 0.9 * b[4]
+            r = max(0.9 * b[4], floor)
             rel_x, rel_y = px - point[0], py - point[1]
             along = rel_x * axis[0] + rel_y * axis[1]
             across = rel_x * normal[0] + rel_y * normal[1]
             blob = (along / (2.0 * r)) ** 2 + (across / r) ** 2 < 1.0
-            img = np.where(inside & blob, 0.30 * img, img)
+            img = np.where(inside & blob, 0.25 * img, img)
         else:  # hardware: a plate along the bone and screws through it, brighter than bone
             plate = _capsule_distance(px, py, point - 0.28 * axis + 0.9 * b[4] * normal,
                                       point + 0.28 * axis + 0.9 * b[4] * normal)
             screws = np.min([_line_distance(px, py, point + k * axis, normal, 1.1 * b[4])
                              for k in (-0.18, 0.0, 0.18)], axis=0)
-            metal = (plate < max(0.7 / px_per_unit, 0.28 * b[4])) | (
-                screws < max(0.6 / px_per_unit, 0.12 * b[4]))
+            metal = (plate < max(0.6 * floor, 0.28 * b[4])) | (
+                screws < max(0.4 * floor, 0.12 * b[4]))
             img = np.where(metal, 1.0, img)
 
     # A laterality marker in a corner, as bright as metal and up to a plate's size.

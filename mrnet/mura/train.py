@@ -246,7 +246,7 @@ def train_mura(params: MuraParams, *, live_dir: str | Path | None | bool = None,
     seed = derive_seed(cfg.seed, "mura")
     torch.manual_seed(seed)  # model init only; every later draw uses the run's generator
     model = MuraNet(params.model.backbone, pretrained=params.model.pretrained,
-                    init=params.model.init).to(device)
+                    init=params.model.init, spatial_pool=params.model.spatial_pool).to(device)
     bf16 = use_bf16(cfg.precision, device)
     fast_layout(model, device, bf16)
     eval_batch = max(cfg.views_per_batch, 64)
@@ -267,7 +267,8 @@ def train_mura(params: MuraParams, *, live_dir: str | Path | None | bool = None,
                      params.data.root, train_set.study_ids, valid_set.study_ids,
                      train_set.labels.tolist(), valid_set.labels.tolist(),
                      [len(train_set.views), slices_checksum(train_set.views)])
-    config = {"model": {"backbone": params.model.backbone},
+    config = {"model": {"backbone": params.model.backbone,
+                        "spatial_pool": params.model.spatial_pool},
               "train": dataclasses.asdict(cfg),
               "image_size": int(train_set.views.shape[-1]),
               "type_weights": weights.to_dict(orient="index"),
@@ -290,7 +291,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Mu
         raise UserError(f"{path}: MURA checkpoint not found; train it with "
                         "`dvc repro mura/dvc.yaml`")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = MuraNet(ckpt["config"]["model"]["backbone"])
+    arch = ckpt["config"]["model"]
+    # Checkpoints written before the pooling was a parameter used the average.
+    model = MuraNet(arch["backbone"], spatial_pool=arch.get("spatial_pool", "avg"))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
 
