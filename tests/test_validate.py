@@ -18,6 +18,7 @@ import yaml
 from mrnet import PLANES, SPLITS, TASKS
 from mrnet.data import label_csv
 from mrnet.errors import DatasetError
+from mrnet.provenance import dataset_fingerprint
 from mrnet.validate import validate_dataset
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -329,7 +330,9 @@ def test_stage_writes_report(project: Path) -> None:
     proc = _run_stage(project)
     assert proc.returncode == 0, proc.stderr
     written = json.loads((project / "reports" / "dataset.json").read_text())
+    fingerprint, synthetic = written.pop("fingerprint"), written.pop("synthetic")
     assert written == validate_dataset("MRNet-v1.0")
+    assert fingerprint == dataset_fingerprint(project / "MRNet-v1.0") and synthetic is True
     assert str((project / "MRNet-v1.0").resolve()) in proc.stderr  # the resolved root is logged
     assert "error:" not in proc.stderr
     assert not list((project / "metrics").glob(".*.tmp"))
@@ -360,3 +363,17 @@ def test_stage_warns_on_tear_without_abnormal(project: Path) -> None:
     assert any("WARNING" in line and case_id in line for line in proc.stderr.splitlines())
     written = json.loads((project / "reports" / "dataset.json").read_text())
     assert written["valid"]["tear_without_abnormal"] == 1
+
+
+def test_fingerprint_follows_labels_and_series(tiny_copy: Path) -> None:
+    before = dataset_fingerprint(tiny_copy)
+    assert dataset_fingerprint(tiny_copy) == before  # stable
+    csv = tiny_copy / "valid-acl.csv"
+    first, *rest = csv.read_text().splitlines()
+    case, label = first.split(",")
+    csv.write_text("\n".join([f"{case},{1 - int(label)}", *rest]) + "\n")
+    flipped = dataset_fingerprint(tiny_copy)
+    assert flipped != before
+    series = next((tiny_copy / "train" / "axial").glob("*.npy"))
+    series.write_bytes(series.read_bytes() + b"\0")
+    assert dataset_fingerprint(tiny_copy) != flipped
