@@ -256,16 +256,6 @@ def retrain(params: Params) -> dict[str, pd.DataFrame]:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _rounded(value: Any, decimals: int = 4) -> Any:
-    if isinstance(value, dict):
-        return {k: _rounded(v, decimals) for k, v in value.items()}
-    if isinstance(value, (float, np.floating)):
-        return None if not np.isfinite(value) else round(float(value), decimals)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def evaluate_external(tables: Mapping[str, Mapping[str, pd.DataFrame]], n_boot: int,
                       ci: float, seed: int) -> dict[str, dict[str, dict[str, Any]]]:
     """AUC with a percentile-bootstrap CI of every model and task on the test split.
@@ -279,7 +269,7 @@ def evaluate_external(tables: Mapping[str, Mapping[str, pd.DataFrame]], n_boot: 
     Returns:
         model -> task -> {auc, auc_ci_low, auc_ci_high, n, n_pos}; None where undefined.
     """
-    from mrnet.metrics import auc, bootstrap_aucs, percentile_ci, task_seed
+    from mrnet.metrics import auc, bootstrap_aucs, percentile_ci, rounded, task_seed
 
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for model, per_task in tables.items():
@@ -294,7 +284,7 @@ def evaluate_external(tables: Mapping[str, Mapping[str, pd.DataFrame]], n_boot: 
                                                   task_seed(seed, f"kneemri-{task}")), ci)
             out[model][task] = {"auc": auc(y, p), "auc_ci_low": lo, "auc_ci_high": hi,
                                 "n": int(y.size), "n_pos": int(y.sum())}
-    return _rounded(out)
+    return rounded(out)
 
 
 def write_roc(path: str | Path, fpr: np.ndarray, tpr: np.ndarray) -> None:

@@ -338,14 +338,15 @@ def evaluate_task(tables: Mapping[str, pd.DataFrame], n_boot: int, ci: float,
 
 
 def task_seed(seed: int, task: str) -> list[int]:
-    """A bootstrap seed per task derived from ``evaluate.seed`` (stable across runs)."""
+    """A bootstrap seed per task (or any named subset) derived from ``evaluate.seed``, stable
+    across runs."""
     return [seed, zlib.crc32(task.encode())]
 
 
-def _rounded(value: Any) -> Any:
+def rounded(value: Any) -> Any:
     """Round floats for the JSON reports; NaN becomes null (JSON has no NaN)."""
     if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
+        return {k: rounded(v) for k, v in value.items()}
     if isinstance(value, (float, np.floating)):
         return None if not math.isfinite(value) else round(float(value), DECIMALS)
     if isinstance(value, np.integer):
@@ -372,7 +373,7 @@ def evaluate_all(tables: Mapping[str, Mapping[str, pd.DataFrame]], n_boot: int, 
     common = [m for m in next(iter(per_task.values()), {})
               if all(m in models for models in per_task.values())]
     mean_auc = {m: float(np.mean([per_task[t][m]["auc"] for t in per_task])) for m in common}
-    return _rounded({"mean_auc": mean_auc, **per_task})
+    return rounded({"mean_auc": mean_auc, **per_task})
 
 
 # The headline: what `dvc metrics show` and `dvc exp show` display, one file per task and one

@@ -10,19 +10,16 @@ AUC with one class, a kappa where chance agreement is 1) are NaN, never a made-u
 
 from __future__ import annotations
 
-import math
-import zlib
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from mrnet.metrics import auc, bootstrap_aucs, percentile_ci
+from mrnet.metrics import auc, bootstrap_aucs, percentile_ci, rounded, task_seed
 from mrnet.mura import STUDY_TYPES
 
 # Rows of the per-type table: every study type, then all studies together.
 ALL = "all"
-DECIMALS = 4
 _BOOT_CHUNK_ELEMENTS = 1 << 22
 
 
@@ -94,11 +91,6 @@ def study_metrics(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | n
             "n_studies": int(labels.size), "n_abnormal": int(truth.sum())}
 
 
-def type_seed(seed: int, name: str) -> list[int]:
-    """A bootstrap seed per study type (or "all") derived from ``evaluate.seed``."""
-    return [seed, zlib.crc32(name.encode())]
-
-
 def per_type_table(studies: pd.DataFrame, threshold: float = 0.5, n_boot: int = 1000,
                    ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Study metrics per study type and over all studies.
@@ -113,20 +105,10 @@ def per_type_table(studies: pd.DataFrame, threshold: float = 0.5, n_boot: int = 
     for name in [t for t in STUDY_TYPES if (studies["study_type"] == t).any()] + [ALL]:
         sub = studies if name == ALL else studies[studies["study_type"] == name]
         rows[name] = study_metrics(sub["label"].to_numpy(), sub["prob"].to_numpy(), threshold,
-                                   n_boot, ci, type_seed(seed, name))
+                                   n_boot, ci, task_seed(seed, name))
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "study_type"
     return table
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(value) else round(float(value), DECIMALS)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def metrics_json(table: pd.DataFrame, view_auc: float, threshold: float) -> dict[str, Any]:
@@ -134,7 +116,7 @@ def metrics_json(table: pd.DataFrame, view_auc: float, threshold: float) -> dict
     AUC for comparison, the threshold; floats to 4 decimals, NaN as null."""
     records = table.to_dict(orient="index")
     study = dict(records.pop(ALL))
-    return _rounded({"study": study, "per_type": records,
+    return rounded({"study": study, "per_type": records,
                      "view": {"auc": view_auc}, "threshold": threshold})
 
 
