@@ -363,18 +363,12 @@ def prepare_kneemri(root: str | Path, out: str | Path, crop: str, roi_scale: flo
     Raises:
         DatasetError: naming the file (or metadata line) of the first problem.
     """
-    import os
-    import shutil
-
-    from mrnet.io import write_json
+    from mrnet.io import atomic_dir, write_json
 
     root, out = Path(root), Path(out)
     series = list_series(root)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     report: dict = {"crop": crop, "roi_scale": roi_scale, "image_size": image_size}
-    try:
+    with atomic_dir(out) as tmp:
         for split in KNEEMRI_SPLITS:
             members = [s for s in series if s.split == split]
             if not members:
@@ -411,12 +405,6 @@ def prepare_kneemri(root: str | Path, out: str | Path, crop: str, roi_scale: flo
         with (tmp / "labels.csv").open("w", newline="") as fh:
             labels_table(series).to_csv(fh, index=False, lineterminator="\n")
         write_json(tmp / "report.json", report)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return report
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mrnet.config import KneemriSyntheticConfig
+from mrnet.io import atomic_dir
 from mrnet.kneemri import COLUMNS, SPLIT_FOLDERS
 from mrnet.synthetic import PLANE_AXES, SLICE_EXTENT, _axis_coords, _draw_knee, _render_plane
 
@@ -172,10 +171,6 @@ def generate_kneemri(root: str | Path, cfg: KneemriSyntheticConfig) -> None:
     """
     cfg.check("kneemri.synthetic")
     root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _TAG]))
     jobs = []
     for split, folders in SPLIT_FOLDERS.items():
@@ -184,7 +179,7 @@ def generate_kneemri(root: str | Path, cfg: KneemriSyntheticConfig) -> None:
     exam_ids = rng.choice(np.arange(100000, 1000000), size=len(jobs), replace=False)
     series_no = rng.integers(1, 16, size=len(jobs))
     rows = []
-    try:
+    with atomic_dir(root) as tmp:
         for f in SPLIT_FOLDERS.values():
             for folder in f:
                 (tmp / folder).mkdir(parents=True)
@@ -201,14 +196,4 @@ def generate_kneemri(root: str | Path, cfg: KneemriSyntheticConfig) -> None:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(COLUMNS)
             writer.writerows(rows[i] for i in order)
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}"
-            os.replace(root, old)
-            os.replace(tmp, root)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("wrote %d KneeMRI phantom series to %s", len(jobs), root)

@@ -27,8 +27,6 @@ chance.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from tqdm import tqdm
 from mrnet import PLANES, SPLITS, TASKS
 from mrnet import provenance
 from mrnet.config import SynthesizeConfig
+from mrnet.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -522,13 +521,9 @@ def generate(root: str | Path, cfg: SynthesizeConfig) -> None:
     """
     cfg.check("synthesize")
     root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     ids = case_ids(cfg)
     labels = split_labels(cfg)
-    try:
+    with atomic_dir(root) as tmp:
         for split in SPLITS:
             for plane in PLANES:
                 (tmp / split / plane).mkdir(parents=True)
@@ -543,14 +538,4 @@ def generate(root: str | Path, cfg: SynthesizeConfig) -> None:
             exam = render_exam(int(cid), {t: int(labels[split][t][k]) for t in TASKS}, cfg)
             for plane, vol in exam.items():
                 np.save(tmp / split / plane / f"{cid}.npy", vol, allow_pickle=False)
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}"
-            os.replace(root, old)
-            os.replace(tmp, root)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("wrote %d train and %d valid phantom exams to %s", cfg.n_train, cfg.n_valid, root)

@@ -18,8 +18,6 @@ import base64
 import html
 import io
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,6 +27,7 @@ from PIL import Image
 
 from mrnet import PLANES, TASKS
 from mrnet.cam import PlaneCam, plane_cam
+from mrnet.io import atomic_dir
 
 # Slices larger than this are downscaled for the page (MRNet's are 256 px, so they stay).
 MAX_SLICE_PX = 256
@@ -142,23 +141,9 @@ def write_pages(folder: str | Path, pages: Mapping[str, str]) -> None:
     The pages go to a temporary sibling that is renamed onto ``folder``, so an interrupted
     run leaves the previous viewers and no stale page of an exam no longer listed.
     """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        tmp.mkdir()
+    with atomic_dir(folder) as tmp:
         for name, text in pages.items():
             (tmp / f"{name}.html").write_text(text, encoding="utf-8")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-    finally:
-        for leftover in (tmp, old):
-            if leftover.exists():
-                shutil.rmtree(leftover)
 
 
 _TEMPLATE = r"""<!DOCTYPE html>
