@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mrnet.config import BACKBONES  # noqa: E402
+from mrnet.core.weights import BACKBONES  # noqa: E402
 from mrnet.model import MRNet, MRNetConfig, normalize  # noqa: E402
 
 

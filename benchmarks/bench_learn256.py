@@ -6,7 +6,7 @@
 
 Writes the phantoms at ``--size`` px with the demo's other synthesize settings (params.yaml),
 prepares the one plane it trains, then trains one CNN with the training code of the pipeline
-(``mrnet.train.train_model``) under params.yaml plus the recipe's keys. It prints, per epoch,
+(``mrnet.training.cnn.train_model``) under params.yaml plus the recipe's keys. It prints, per epoch,
 the train loss and AUC, the valid loss and AUC and the seconds the epoch took, then whether
 the run collapsed to a constant output (train loss at the constant-output loss and valid
 logits without spread) and the best valid AUC. It is a measurement, not a test: nothing is
@@ -33,12 +33,14 @@ import yaml  # noqa: E402
 
 from mrnet.cli import apply_overrides, load_recipe  # noqa: E402
 from mrnet.config import SynthesizeConfig, params_from_dict  # noqa: E402
-from mrnet.engine import constant_output_loss, output_collapsed, predict_logits  # noqa: E402
-from mrnet.errors import UserError  # noqa: E402
-from mrnet.prepare import prepare_plane  # noqa: E402
-from mrnet.synthetic import generate  # noqa: E402
-from mrnet.train import (load_checkpoint, load_exam_set, select_device, train_model,  # noqa: E402
-                         use_bf16)
+from mrnet.core.errors import UserError  # noqa: E402
+from mrnet.core.runtime import select_device, use_bf16
+from mrnet.core.trainer import constant_output_loss, output_collapsed
+from mrnet.data.prepare import prepare_plane  # noqa: E402
+from mrnet.data.synthetic import generate  # noqa: E402
+from mrnet.model import exam_logits as predict_logits  # noqa: E402
+from mrnet.model import load_checkpoint
+from mrnet.training.cnn import load_exam_set, train_model
 
 
 class EpochClock(logging.Handler):
@@ -112,8 +114,8 @@ def main() -> None:
               f"and prepared in {t_data:.0f} s")
 
         clock = EpochClock()
-        logging.getLogger("mrnet.train").addHandler(clock)
-        logging.getLogger("mrnet.train").setLevel(logging.INFO)
+        logging.getLogger("mrnet.core.trainer").addHandler(clock)
+        logging.getLogger("mrnet.core.trainer").setLevel(logging.INFO)
         t1 = time.perf_counter()
         summary = train_model(params, args.task, args.plane, live_dir=False)
         t_train = time.perf_counter() - t1

@@ -7,8 +7,8 @@ times, in one run on one machine:
   ``np.load``s every exam from disk on every access, per-exam affine augmentation, scaling and
   normalisation on the CPU, slices repeated to 3 float32 channels, ``DataLoader(batch_size=1)``,
   one Adam step per exam;
-- ours: :func:`mrnet.engine.train_one_epoch` itself on the prepared uint8 cache
-  (:func:`mrnet.prepare.prepare_split` + :func:`mrnet.train.load_exam_set`) with packed
+- ours: :func:`mrnet.core.trainer.train_one_epoch` itself on the prepared uint8 cache
+  (:func:`mrnet.data.prepare.prepare_split` + :func:`mrnet.training.cnn.load_exam_set`) with packed
   batches, device augmentation and the requested precision.
 
 Each loop runs in a fresh process so that its peak resident memory (``getrusage``
@@ -43,14 +43,18 @@ import torch  # noqa: E402
 import torchvision.transforms.v2.functional as TF  # noqa: E402
 from torch import nn  # noqa: E402
 
-from mrnet.config import BACKBONES, DEVICES, PRECISIONS, AugmentConfig, load_params  # noqa: E402
-from mrnet.data import read_labels  # noqa: E402
-from mrnet.engine import compute_pos_weight, train_one_epoch  # noqa: E402
-from mrnet.errors import UserError  # noqa: E402
-from mrnet.model import (PIXEL_MEAN, PIXEL_STD, MRNet, MRNetConfig, make_backbone,  # noqa: E402
-                         use_channels_last)
-from mrnet.prepare import prepare_split  # noqa: E402
-from mrnet.train import load_exam_set, select_device, use_bf16, wants_channels_last  # noqa: E402
+from mrnet.config import AugmentConfig, load_params
+from mrnet.core.backbones import make_backbone, use_channels_last
+from mrnet.core.errors import UserError  # noqa: E402
+from mrnet.core.params import DEVICES, PRECISIONS
+from mrnet.core.runtime import select_device, use_bf16, wants_channels_last
+from mrnet.core.trainer import compute_pos_weight
+from mrnet.core.weights import BACKBONES  # noqa: E402
+from mrnet.data.prepare import prepare_split  # noqa: E402
+from mrnet.data.reader import read_labels  # noqa: E402
+from mrnet.model import PIXEL_MEAN, PIXEL_STD, MRNet, MRNetConfig
+from mrnet.training.cnn import exam_epoch as train_one_epoch  # noqa: E402
+from mrnet.training.cnn import load_exam_set  # noqa: E402
 
 PLANE, SPLIT, TASK = "sagittal", "train", "acl"
 
@@ -221,7 +225,7 @@ def bench_reference(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def bench_ours(cfg: BenchConfig) -> dict[str, Any]:
-    """Time :func:`mrnet.engine.train_one_epoch` on the prepared cache, as the pipeline runs it."""
+    """Time :func:`mrnet.core.trainer.train_one_epoch` on the prepared cache, as the pipeline runs it."""
     device = select_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
     data = load_exam_set(cfg.prepared, cfg.root, PLANE, SPLIT, TASK, device)
@@ -337,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parse_args(argv, defaults)
     try:
-        device = select_device(args.device)
+        device = select_device(args.device, "--device")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

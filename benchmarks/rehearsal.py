@@ -5,9 +5,9 @@ exams, three planes, 256 x 256 uint8 slices, 17-61 slices per series drawn per e
 header-less label CSVs at MRNet's prevalences), then runs, each in a fresh process so that its
 peak memory is its own:
 
-1. validate -- :func:`mrnet.validate.validate_dataset` on the whole dataset;
-2. prepare  -- :func:`mrnet.prepare.prepare_plane` of one plane (both splits);
-3. train    -- :func:`mrnet.train.train_model` of one task and plane for one epoch (training
+1. validate -- :func:`mrnet.data.validate.validate_dataset` on the whole dataset;
+2. prepare  -- :func:`mrnet.data.prepare.prepare_plane` of one plane (both splits);
+3. train    -- :func:`mrnet.training.cnn.train_model` of one task and plane for one epoch (training
    pass and the valid evaluation), with the training settings of ``params.yaml``.
 
 It prints each step's wall time and peak resident memory (``getrusage`` ``ru_maxrss``, which
@@ -44,7 +44,7 @@ if str(PROJECT) not in sys.path:  # run as a script from anywhere without an ins
     sys.path.insert(0, str(PROJECT))
 
 from mrnet import PLANES, SPLITS, TASKS  # noqa: E402
-from mrnet.synthetic import draw_labels  # noqa: E402
+from mrnet.data.synthetic import draw_labels  # noqa: E402
 
 MRNET_VALID_START = 1130
 GIB = 2**30
@@ -109,13 +109,13 @@ def _measure(work: Callable[[], Any]) -> dict[str, Any]:
 
 
 def step_validate(root: str) -> dict[str, Any]:
-    from mrnet.validate import validate_dataset
+    from mrnet.data.validate import validate_dataset
 
     return _measure(lambda: validate_dataset(root)["train"]["exams"])
 
 
 def step_prepare(root: str, plane: str, out: str, size: int) -> dict[str, Any]:
-    from mrnet.prepare import prepare_plane  # imports torch before the clock starts
+    from mrnet.data.prepare import prepare_plane  # imports torch before the clock starts
 
     return _measure(lambda: prepare_plane(root, plane, out, size))
 
@@ -124,7 +124,7 @@ def step_train(raw_params: dict, task: str, plane: str) -> dict[str, Any]:
     import torch
 
     from mrnet.config import params_from_dict
-    from mrnet.train import train_model
+    from mrnet.training.cnn import train_model
 
     torch.use_deterministic_algorithms(True, warn_only=True)  # as the train stage runs
     params = params_from_dict(raw_params)

@@ -30,10 +30,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import yaml
-
 from mrnet import PLANES
-from mrnet.errors import ParamsError, UserError, cli
+from mrnet.core.errors import ParamsError, UserError, cli
+from mrnet.core.params import load_yaml
 
 PROJECT_MARKERS = ("dvc.yaml", "params.yaml", "stages")
 
@@ -66,9 +65,9 @@ def with_project_params(argv: Sequence[str]) -> list[str]:
 
 
 def cmd_predict(argv: Sequence[str]) -> int:
-    from mrnet import predict
+    from mrnet.inference import predict
 
-    predict.main(with_project_params(argv))
+    predict.main(with_project_params(argv), prog="mrnet predict")
     return 0
 
 
@@ -88,7 +87,7 @@ def cmd_exam(argv: Sequence[str]) -> int:
 
 @cli
 def cmd_import_dicom(argv: Sequence[str]) -> int:
-    from mrnet import dicom
+    from mrnet.data import dicom
 
     parser = argparse.ArgumentParser(
         prog="mrnet import-dicom", description=dicom.__doc__,
@@ -121,9 +120,9 @@ def cmd_import_dicom(argv: Sequence[str]) -> int:
 
 @cli
 def cmd_weights(argv: Sequence[str]) -> int:
-    from mrnet.config import BACKBONES, load_params
-    from mrnet.errors import WeightsNotFoundError
-    from mrnet.weights import expected_prefix, published, verify_file
+    from mrnet.config import load_params
+    from mrnet.core.errors import WeightsNotFoundError
+    from mrnet.core.weights import BACKBONES, expected_prefix, published, verify_file
 
     root = project_root()
     default = "alexnet"
@@ -174,10 +173,7 @@ def load_recipe(name: str, root: str | Path) -> dict[str, Any]:
     if not path.is_file():
         known = sorted(p.stem for p in (Path(root) / "recipes").glob("*.yaml"))
         raise UserError(f"{path}: recipe not found (recipes: {', '.join(known) or 'none'})")
-    try:
-        recipe = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc})") from None
+    recipe = load_yaml(path, error=UserError)  # numbers read as DVC reads them (1e-05)
     ok = (isinstance(recipe, dict) and isinstance(recipe.get("name"), str)
           and isinstance(recipe.get("version"), int) and isinstance(recipe.get("params"), dict)
           and all(isinstance(k, str) for k in recipe["params"]))
@@ -260,7 +256,7 @@ def cmd_recipe(argv: Sequence[str]) -> int:
                         "holding train/, valid/ and the label CSVs)")
     cmd = recipe_command(recipe, data_root, args.queue, args.exp_name)
     # The recipe's params must be valid before DVC starts anything.
-    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw = load_yaml(root / "params.yaml")
     params_from_dict(apply_overrides(raw, {**recipe["params"],
                                            "data.root": str(data_root.resolve())}))
     print(f"recipe {recipe['name']} v{recipe['version']} in {root}:\n{shlex.join(cmd)}")

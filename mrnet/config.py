@@ -1,4 +1,4 @@
-"""params.yaml loaded into typed, validated dataclasses.
+"""MRNet's params.yaml loaded into typed, validated dataclasses (with :mod:`mrnet.core.params`).
 
 params.yaml is the single source of truth. An unknown key, a missing key or a value of the
 wrong type is a :class:`ParamsError` naming the key, never a silent default.
@@ -6,22 +6,15 @@ wrong type is a :class:`ParamsError` naming the key, never a silent default.
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from mrnet import TASKS
-from mrnet.errors import ParamsError
-
-BACKBONES = ("alexnet", "resnet18", "resnet50", "vgg16_bn", "densenet121", "densenet169")
-PRECISIONS = ("auto", "fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
+from mrnet.core.errors import ParamsError
+from mrnet.core.params import DEVICES, PRECISIONS, build, build_sections, load_yaml, merge
+from mrnet.core.weights import BACKBONES, INITS
 
 
 @dataclass(frozen=True)
@@ -95,7 +88,7 @@ class ModelConfig:
         if self.spatial_pool not in ("avg", "max"):
             raise ParamsError(f"{key}.spatial_pool must be 'avg' or 'max', "
                               f"got {self.spatial_pool!r}")
-        if self.init not in ("default", "kaiming"):
+        if self.init not in INITS:
             raise ParamsError(f"{key}.init must be 'default' or 'kaiming', got {self.init!r}")
         if self.init != "default" and self.pretrained:
             raise ParamsError(f"{key}.init only sets how a random backbone starts; with "
@@ -306,15 +299,15 @@ class Params:
 
     def kneemri_train(self) -> TrainConfig:
         """Training settings of the retrained KneeMRI CNNs: train keys with their overrides."""
-        merged = _merge(dataclasses.asdict(self.train), dict(self.kneemri.train))
-        cfg = _build(TrainConfig, merged, "kneemri.train")
+        merged = merge(dataclasses.asdict(self.train), dict(self.kneemri.train))
+        cfg = build(TrainConfig, merged, "kneemri.train")
         cfg.check("kneemri.train")
         return cfg
 
     def multitask_train(self) -> TrainConfig:
         """Training settings of the multitask network: train keys with its overrides."""
-        merged = _merge(dataclasses.asdict(self.train), dict(self.multitask.train))
-        cfg = _build(TrainConfig, merged, "multitask.train")
+        merged = merge(dataclasses.asdict(self.train), dict(self.multitask.train))
+        cfg = build(TrainConfig, merged, "multitask.train")
         cfg.check("multitask.train")
         return cfg
 
@@ -323,77 +316,10 @@ class Params:
         if task not in TASKS:
             raise ParamsError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         overrides = dict(self.task.get(task) or {})
-        merged = _merge(dataclasses.asdict(self.train), overrides)
-        cfg = _build(TrainConfig, merged, f"task.{task}")
+        merged = merge(dataclasses.asdict(self.train), overrides)
+        cfg = build(TrainConfig, merged, f"task.{task}")
         cfg.check(f"task.{task}")
         return cfg
-
-
-def _merge(base: dict, over: Mapping) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _check_type(value: Any, tp: Any, key: str) -> Any:
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ParamsError(f"params key {key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"params key {key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"params key {key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ParamsError(f"params key {key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported field type {tp!r} for {key}")
-
-
-def _build(cls: type, raw: Any, key: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown, missing and ill-typed keys.
-
-    The dataclass defaults serve code that builds a config directly (tests, benchmarks); the
-    pipeline never falls back on them, so they cannot silently differ from params.yaml.
-    """
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ParamsError(f"params key {key} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ParamsError(f"unknown params key {key}.{unknown[0]} "
-                          f"(known keys of {key}: {', '.join(sorted(names))})")
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
-    if missing:
-        raise ParamsError(f"params key {key}.{missing[0]} is missing (add it to params.yaml; "
-                          f"{key} needs {', '.join(f.name for f in dataclasses.fields(cls))})")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            continue
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[f.name] = _build(tp, raw[f.name], f"{key}.{f.name}")
-        elif typing.get_origin(tp) is collections.abc.Mapping:
-            value = raw[f.name] or {}
-            if not isinstance(value, Mapping):
-                raise ParamsError(f"params key {key}.{f.name} must be a mapping, got {value!r}")
-            kwargs[f.name] = dict(value)
-        else:
-            kwargs[f.name] = _check_type(raw[f.name], tp, f"{key}.{f.name}")
-    return cls(**kwargs)
 
 
 SECTIONS = {
@@ -413,20 +339,7 @@ SECTIONS = {
 
 def params_from_dict(raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
     """Validate a params mapping (as read from params.yaml) into :class:`Params`."""
-    if not isinstance(raw, Mapping):
-        raise ParamsError(f"{source}: expected a mapping at the top level")
-    known = set(SECTIONS) | {"task"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ParamsError(f"{source}: unknown params section {unknown[0]!r} "
-                          f"(known: {', '.join(sorted(known))})")
-    sections = {}
-    for name, cls in SECTIONS.items():
-        cfg = _build(cls, raw.get(name), name)
-        check = getattr(cfg, "check", None)
-        if check is not None:
-            check(name)
-        sections[name] = cfg
+    sections = build_sections(raw, SECTIONS, source, extra=("task",))
     tasks = raw.get("task") or {}
     if not isinstance(tasks, Mapping):
         raise ParamsError(f"{source}: params key task must be a mapping of task -> overrides")
@@ -441,23 +354,7 @@ def params_from_dict(raw: Mapping[str, Any], source: str = "params.yaml") -> Par
     return params
 
 
-class _ParamsLoader(yaml.SafeLoader):
-    """YAML 1.1 (PyYAML) reads ``1e-05`` as text; ``dvc exp run -S train.lr=1e-5`` writes
-    floats that way, and YAML 1.2 (DVC's reader) takes them as numbers, so this one does too."""
-
-
-_ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found (run from the project root)")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_ParamsLoader)  # noqa: S506 (safe)
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    raw = load_yaml(path, "run from the project root")
     return params_from_dict(raw or {}, str(path))

@@ -7,8 +7,8 @@ import logging
 
 from mrnet import TASKS
 from mrnet.config import load_params
-from mrnet.ensemble import run_ensemble
-from mrnet.errors import cli
+from mrnet.core.errors import cli
+from mrnet.training.ensemble import run_ensemble
 
 log = logging.getLogger("stages.ensemble")
 

@@ -6,8 +6,8 @@ import argparse
 
 from mrnet import PLANES, TASKS
 from mrnet.config import load_params
-from mrnet.errors import cli
-from mrnet.extract import extract_probs
+from mrnet.core.errors import cli
+from mrnet.training.extract import extract_probs
 
 
 @cli

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from mrnet import PLANES
 from mrnet.config import load_params
-from mrnet.errors import cli
-from mrnet.prepare import prepare_plane
+from mrnet.core.errors import cli
+from mrnet.data.prepare import prepare_plane
 
 log = logging.getLogger("stages.prepare")
 

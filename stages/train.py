@@ -15,9 +15,9 @@ import torch
 
 from mrnet import PLANES, TASKS
 from mrnet.config import load_params
-from mrnet.distributed import shutdown
-from mrnet.errors import cli
-from mrnet.train import train_model
+from mrnet.core.distributed import shutdown
+from mrnet.core.errors import cli
+from mrnet.training.cnn import train_model
 
 log = logging.getLogger("stages.train")
 

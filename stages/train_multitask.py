@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from mrnet.config import load_params
-from mrnet.errors import cli
-from mrnet.io import write_text
-from mrnet.multitask import train_multitask
+from mrnet.core.errors import cli
+from mrnet.core.io import write_text
+from mrnet.training.multitask import train_multitask
 
 log = logging.getLogger("stages.train_multitask")
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from mrnet import PLANES, SPLITS, TASKS
 from mrnet.config import load_params
-from mrnet.errors import cli
-from mrnet.io import write_json
-from mrnet.report import DATASET_REPORT
-from mrnet.provenance import dataset_fingerprint, is_synthetic
-from mrnet.validate import validate_dataset
+from mrnet.core.errors import cli
+from mrnet.core.io import write_json
+from mrnet.core.provenance import is_synthetic
+from mrnet.data.reader import dataset_fingerprint
+from mrnet.data.validate import validate_dataset
+from mrnet.evaluation.report import DATASET_REPORT
 
 log = logging.getLogger("stages.validate")
 
@@ -35,7 +36,7 @@ def main() -> None:
                  ", ".join(f"{t} {r[t]['prevalence']:.1%}" for t in TASKS),
                  ", ".join(f"{p} {r[p]['slices_min']}-{r[p]['slices_max']} ({r[p]['size']})"
                            for p in PLANES))
-    # What the models trained on this data will record (mrnet.provenance).
+    # What the models trained on this data will record (mrnet.core.provenance).
     report["fingerprint"] = dataset_fingerprint(root)
     report["synthetic"] = is_synthetic(root)
     log.info("fingerprint %s; %s", report["fingerprint"][:12],

@@ -13,12 +13,12 @@ import logging
 
 from mrnet import PLANES
 from mrnet.config import load_params
-from mrnet.data import list_exams, load_series
-from mrnet.errors import UserError, cli
-from mrnet.report import ERRORS_JSON, error_cases
-from mrnet.predict import exam_report, predict_volumes, predictor_for
-from mrnet.train import select_device
-from mrnet.viewer import exam_viewer, write_pages
+from mrnet.core.errors import UserError, cli
+from mrnet.core.runtime import select_device
+from mrnet.data.reader import list_exams, load_series
+from mrnet.evaluation.report import ERRORS_JSON, error_cases
+from mrnet.inference.predict import exam_report, predict_volumes, predictor_for
+from mrnet.inference.viewer import exam_viewer, write_pages
 
 log = logging.getLogger("stages.viewer")
 

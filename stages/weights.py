@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 
 from mrnet.config import load_params
-from mrnet.errors import cli
-from mrnet.io import write_json
-from mrnet.weights import weights_record
+from mrnet.core.errors import cli
+from mrnet.core.io import write_json
+from mrnet.core.weights import weights_record
 
 log = logging.getLogger("stages.weights")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mrnet.config import SynthesizeConfig
-from mrnet.synthetic import generate
+from mrnet.data.synthetic import generate
 
 # DVC and git in tests: no analytics, an identity for commits, DVCLive in test mode for unit
 # tests (the end-to-end tests drop DVCLIVE_TEST for their `dvc` subprocesses).

@@ -10,11 +10,11 @@ import yaml
 
 from mrnet import PLANES, TASKS
 from mrnet.config import Params, SynthesizeConfig, params_from_dict
-from mrnet.ensemble import run_ensemble
-from mrnet.extract import extract_probs
-from mrnet.prepare import prepare_plane
-from mrnet.synthetic import generate
-from mrnet.train import train_model
+from mrnet.data.prepare import prepare_plane
+from mrnet.data.synthetic import generate
+from mrnet.training.cnn import train_model
+from mrnet.training.ensemble import run_ensemble
+from mrnet.training.extract import extract_probs
 
 PROJECT = Path(__file__).resolve().parents[1]
 

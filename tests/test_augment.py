@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torchvision.transforms.functional as TF
 
-from mrnet.augment import AffineParams, apply_affine, augment, draw_params
+from mrnet.core.augment import AffineParams, apply_affine, augment, draw_params
 
 
 def test_identical_slices_stay_identical() -> None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-
-import pytest
 import sys
 from pathlib import Path
+
+import pytest
 
 pytestmark = [pytest.mark.slow]
 

@@ -13,17 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import PROJECT, build_tiny_pipeline
+from test_dicom import write_exam
 
 from mrnet import PLANES, TASKS
 from mrnet.cli import apply_overrides, load_recipe, project_root, recipe_command
 from mrnet.config import Params, params_from_dict
-from mrnet.data import load_series
-from mrnet.dicom import import_exam
-from mrnet.errors import ParamsError
-from mrnet.predict import load_predictor, predict_volumes
-
-from helpers import PROJECT, build_tiny_pipeline
-from test_dicom import write_exam
+from mrnet.core.errors import ParamsError
+from mrnet.data.dicom import import_exam
+from mrnet.data.reader import load_series
+from mrnet.inference.predict import load_predictor, predict_volumes
 
 # `pip install -e .` (requirements.txt) puts the console script next to the interpreter.
 MRNET = Path(sys.executable).parent / "mrnet"

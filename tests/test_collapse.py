@@ -15,15 +15,22 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import PROJECT, raw_params
 
 from mrnet.cli import apply_overrides, load_recipe
 from mrnet.config import AugmentConfig, params_from_dict
-from mrnet.engine import (ExamSet, compute_pos_weight, constant_output_loss, output_collapsed,
-                          predict_logits, safe_auc, train_one_epoch, weighted_bce)
-from mrnet.errors import ParamsError
-from mrnet.model import MRNet, MRNetConfig, normalize, segment_pool
-
-from helpers import PROJECT, raw_params
+from mrnet.core.backbones import segment_pool
+from mrnet.core.errors import ParamsError
+from mrnet.core.packed import PackedSet
+from mrnet.core.stats import auc
+from mrnet.core.trainer import (
+    compute_pos_weight,
+    constant_output_loss,
+    output_collapsed,
+    weighted_bce,
+)
+from mrnet.model import MRNet, MRNetConfig, exam_logits, normalize
+from mrnet.training.cnn import exam_epoch
 
 CPU = torch.device("cpu")
 
@@ -54,7 +61,7 @@ def test_detector_on_numbers() -> None:
         output_collapsed([], constant, labels)
 
 
-def _squares(n: int, seed: int, size: int = 64, slices: int = 3) -> ExamSet:
+def _squares(n: int, seed: int, size: int = 64, slices: int = 3) -> PackedSet:
     """Noise volumes; every fourth exam has a bright 16-px square on all its slices."""
     rng = np.random.default_rng(seed)
     labels = np.array([i % 4 == 0 for i in range(n)], dtype=np.float32)
@@ -65,12 +72,12 @@ def _squares(n: int, seed: int, size: int = 64, slices: int = 3) -> ExamSet:
             r, c = rng.integers(4, size - 20, 2)
             vol[:, r:r + 16, c:c + 16] = 220
         vols.append(np.clip(vol, 0, 255).astype(np.uint8))
-    return ExamSet(torch.from_numpy(np.concatenate(vols)), torch.arange(n) * slices,
+    return PackedSet(torch.from_numpy(np.concatenate(vols)), torch.arange(n) * slices,
                    torch.full((n,), slices), [f"{i:04d}" for i in range(n)],
                    torch.from_numpy(labels))
 
 
-def _fit(lr: float, epochs: int) -> tuple[list[float], np.ndarray, ExamSet, ExamSet]:
+def _fit(lr: float, epochs: int) -> tuple[list[float], np.ndarray, PackedSet, PackedSet]:
     """Train the default MRNet (AlexNet, random init, Adam with weight decay 1e-4) with the
     pipeline's training loop; return the epoch losses and the logits on held-out exams."""
     train, held_out = _squares(16, 0), _squares(16, 1)
@@ -79,9 +86,9 @@ def _fit(lr: float, epochs: int) -> tuple[list[float], np.ndarray, ExamSet, Exam
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
     pw = compute_pos_weight(train.labels.numpy())
-    losses = [train_one_epoch(model, train, optimizer, pw, 4, AugmentConfig(0.0, 0.0, 0.0),
+    losses = [exam_epoch(model, train, optimizer, pw, 4, AugmentConfig(0.0, 0.0, 0.0),
                               generator, CPU)["loss"] for _ in range(epochs)]
-    return losses, predict_logits(model, held_out, CPU), train, held_out
+    return losses, exam_logits(model, held_out, CPU), train, held_out
 
 
 def test_a_run_that_cannot_move_is_flagged() -> None:
@@ -93,7 +100,7 @@ def test_a_run_that_learns_is_not_flagged() -> None:
     losses, logits, train, held_out = _fit(lr=1e-4, epochs=12)
     assert not output_collapsed(losses, logits, train.labels.numpy())
     assert losses[-1] < 0.25 * constant_output_loss(train.labels.numpy())
-    assert safe_auc(held_out.labels.numpy(), logits) > 0.95
+    assert auc(held_out.labels.numpy(), logits) > 0.95
 
 
 # ---------------------------------------------------------------- the 256-px recipe's two keys

@@ -5,11 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
+from helpers import raw_params
 
 from mrnet.config import params_from_dict
-from mrnet.errors import ParamsError
-
-from helpers import raw_params
+from mrnet.core.errors import ParamsError
 
 
 def _without(raw: dict, section: str, key: str) -> dict:

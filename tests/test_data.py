@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 
 from mrnet import PLANES, SPLITS, TASKS
-from mrnet.data import (label_csv, list_exams, load_series, read_labels, read_series_header,
-                        tune_split)
-from mrnet.errors import DatasetError
+from mrnet.core.errors import DatasetError
+from mrnet.data.reader import (
+    label_csv,
+    list_exams,
+    load_series,
+    read_labels,
+    read_series_header,
+    tune_split,
+)
 
 
 def _csv_rows(path: Path) -> list[tuple[str, int]]:

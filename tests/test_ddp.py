@@ -10,20 +10,21 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mrnet.config import AugmentConfig
-from mrnet.engine import ExamSet, train_one_epoch
+from mrnet.core.packed import PackedSet
 from mrnet.model import MRNet
+from mrnet.training.cnn import exam_epoch
 
 pytestmark = [pytest.mark.slow]
 
 N_EXAMS = 4
 
 
-def _exams() -> ExamSet:
+def _exams() -> PackedSet:
     g = torch.Generator().manual_seed(0)
     counts = torch.tensor([3, 2, 4, 3])
     slices = torch.randint(0, 256, (int(counts.sum()), 64, 64), generator=g, dtype=torch.uint8)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
-    return ExamSet(slices, offsets, counts, [f"{i:04d}" for i in range(N_EXAMS)],
+    return PackedSet(slices, offsets, counts, [f"{i:04d}" for i in range(N_EXAMS)],
                    torch.tensor([1.0, 0.0, 0.0, 1.0]))
 
 
@@ -34,7 +35,7 @@ def _train(exams_per_batch: int, rank: int = 0, world: int = 1) -> dict[str, tor
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(1)
     for _ in range(2):  # 2 epochs × 2 steps
-        train_one_epoch(net, _exams(), opt, 1.0, exams_per_batch, AugmentConfig(), gen,
+        exam_epoch(net, _exams(), opt, 1.0, exams_per_batch, AugmentConfig(), gen,
                         torch.device("cpu"), rank=rank, world=world)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

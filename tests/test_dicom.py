@@ -12,11 +12,15 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import (ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage,
-                         generate_uid)
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEGLSLossless,
+    MRImageStorage,
+    generate_uid,
+)
 
-from mrnet.data import load_series
-from mrnet.dicom import DicomError, import_exam, is_dicom_folder, scan_exam
+from mrnet.data.dicom import DicomError, import_exam, is_dicom_folder, scan_exam
+from mrnet.data.reader import load_series
 
 # (row cosines, column cosines) as scanners write them. The sagittal normal (row x col)
 # points to the patient's right (-x) and the coronal one to anterior (-y): the import must

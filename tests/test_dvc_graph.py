@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import PROJECT
 
 PACKAGES = ("mrnet", "stages")
@@ -32,15 +31,28 @@ def module_file(name: str) -> Path | None:
 
 
 def imported_files(path: Path) -> set[Path]:
-    """Project files that ``path`` imports, with the ``__init__.py`` of each package on the way."""
+    """Project files that ``path`` imports, with the ``__init__.py`` of each package on the way.
+
+    Relative imports (``from . import viewer``) count as the absolute names they stand for.
+    """
     found: set[Path] = set()
     names: list[str] = []
+    rel = path.relative_to(PROJECT).with_suffix("").parts
+    package = list(rel if path.name == "__init__.py" else rel[:-1])
+    if package and package[-1] == "__init__":
+        package = package[:-1]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module)
-            names += [f"{node.module}.{a.name}" for a in node.names]  # submodules
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                anchor = package[:len(package) - node.level + 1]
+                module = ".".join([*anchor, *([module] if module else [])])
+            if not module:
+                continue
+            names.append(module)
+            names += [f"{module}.{a.name}" for a in node.names]  # submodules
     for name in names:
         parts = name.split(".")
         for i in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b first
@@ -62,8 +74,7 @@ def import_closure(entry: Path) -> set[str]:
         todo += imported_files(path) - seen
     # The __init__.py files under stages/ only mark folders as packages: they hold no code.
     return {p.relative_to(PROJECT).as_posix() for p in seen
-            if not (p.name == "__init__.py" and p.parent.parts[-1] in ("stages", "mura")
-                    and p.relative_to(PROJECT).parts[0] == "stages")}
+            if not (p.name == "__init__.py" and p.relative_to(PROJECT).parts[0] == "stages")}
 
 
 # The project's pipelines; their stages run from the project root (mura's with `wdir: ..`),
@@ -100,9 +111,39 @@ def test_stage_deps_are_its_import_closure(name: str) -> None:
     assert not have - want, f"{name}: deps list code it never imports {sorted(have - want)}"
 
 
-def test_closure_follows_imports_inside_functions_and_packages(tmp_path: Path) -> None:
-    # train.py imports dvclive lazily, and mrnet.data through mrnet.train: both count.
+def test_closure_follows_imports_inside_functions_and_packages() -> None:
+    # train.py imports dvclive lazily, and mrnet.data.reader through mrnet.training.cnn: both
+    # count; the viewer does not train.
     closure = import_closure(PROJECT / "stages" / "train.py")
-    assert {"stages/train.py", "mrnet/__init__.py", "mrnet/train.py", "mrnet/data.py",
-            "mrnet/config.py"} <= closure
-    assert "mrnet/viewer.py" not in closure
+    assert {"stages/train.py", "mrnet/__init__.py", "mrnet/training/cnn.py",
+            "mrnet/data/__init__.py", "mrnet/data/reader.py", "mrnet/config.py",
+            "mrnet/core/trainer.py"} <= closure
+    assert "mrnet/inference/viewer.py" not in closure
+
+
+def test_closure_follows_relative_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A relative import is as much a dependency as an absolute one.
+    pkg = tmp_path / "mrnet" / "inference"
+    pkg.mkdir(parents=True)
+    for f in ("mrnet/__init__.py", "mrnet/inference/__init__.py", "mrnet/inference/viewer.py"):
+        (tmp_path / f).write_text("")
+    (pkg / "cam.py").write_text("def f():\n    from . import viewer\n")
+    monkeypatch.setitem(globals(), "PROJECT", tmp_path)
+    assert import_closure(pkg / "cam.py") == {
+        "mrnet/__init__.py", "mrnet/inference/__init__.py", "mrnet/inference/cam.py",
+        "mrnet/inference/viewer.py"}
+
+
+def test_viewer_and_kneemri_evaluation_need_no_training_loop() -> None:
+    for stage in ("viewer", "kneemri_evaluate", "mura/dvc.yaml:viewer", "mura/dvc.yaml:evaluate"):
+        closure = import_closure(entry_point(stages()[stage]))
+        training = {f for f in closure
+                    if f == "mrnet/core/trainer.py" or f.startswith("mrnet/training/")}
+        assert not training, f"{stage} depends on training code: {sorted(training)}"
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_no_dep_is_listed_twice(name: str) -> None:
+    deps = [d for d in stages()[name].get("do", stages()[name]).get("deps", [])
+            if isinstance(d, str)]
+    assert len(deps) == len(set(deps)), sorted({d for d in deps if deps.count(d) > 1})

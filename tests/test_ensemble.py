@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mrnet import PLANES
-from mrnet.ensemble import ensemble_probs, fit_ensemble, join_planes
-from mrnet.errors import UserError
-import pandas as pd
-
-from mrnet.probs import make_probs
+from mrnet.core.errors import UserError
+from mrnet.core.stats import ensemble_probs
+from mrnet.core.tables import make_probs
+from mrnet.training.ensemble import fit_ensemble, join_planes
 
 
 def _tables(n: int = 40, seed: int = 0, tune: bool = False) -> dict[str, pd.DataFrame]:
@@ -87,7 +87,7 @@ def test_operating_point_comes_from_the_fit_split_only() -> None:
     joined = join_planes(tables)
     train = joined[joined["split"] == "train"]
     probs = ensemble_probs(model, train[list(PLANES)].to_numpy())
-    from mrnet.metrics import youden_threshold
+    from mrnet.core.stats import youden_threshold
     assert op["threshold"] == youden_threshold(train["label"].to_numpy(), probs)
     # Flipping every valid label changes nothing about the threshold.
     for t in tables.values():
@@ -96,7 +96,7 @@ def test_operating_point_comes_from_the_fit_split_only() -> None:
 
 
 def test_prior_shift_matches_a_hand_computation() -> None:
-    from mrnet.ensemble import prior_shift, with_prevalence
+    from mrnet.core.stats import prior_shift, with_prevalence
 
     # fit prevalence 0.2 -> target 0.5: logit offset log(1) - log(0.25) = log 4
     assert prior_shift(0.2, 0.5) == pytest.approx(np.log(4.0))

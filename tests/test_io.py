@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mrnet.io import atomic_dir
+from mrnet.core.io import atomic_dir
 
 
 def test_atomic_dir_replaces_the_folder_whole(tmp_path: Path) -> None:

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import PROJECT
 
 from mrnet.config import KneemriSyntheticConfig
-from mrnet.kneemri_synthetic import generate_kneemri
-
-from helpers import PROJECT
+from mrnet.kneemri.synthetic import generate_kneemri
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import raw_params, tmp_params
 
 from mrnet.config import SynthesizeConfig
-from mrnet.engine import output_collapsed, predict_logits
-from mrnet.prepare import prepare_plane
-from mrnet.synthetic import generate
-from mrnet.train import load_checkpoint, load_exam_set, train_model
-
-from helpers import raw_params, tmp_params
+from mrnet.core.trainer import output_collapsed
+from mrnet.data.prepare import prepare_plane
+from mrnet.data.synthetic import generate
+from mrnet.model import exam_logits, load_checkpoint
+from mrnet.training.cnn import load_exam_set, train_model
 
 pytestmark = [pytest.mark.slow]
 
@@ -53,7 +53,7 @@ def test_acl_sagittal_learns_the_tear(phantoms: tuple[Path, Path], tmp_path: Pat
     cpu = torch.device("cpu")
     valid = load_exam_set(prepared, root, "sagittal", "valid", "acl", cpu)
     train = load_exam_set(prepared, root, "sagittal", "train", "acl", cpu)
-    logits = predict_logits(model, valid, cpu)
+    logits = exam_logits(model, valid, cpu)
     losses = [row["train_loss"] for row in ckpt["history"]]
     assert not output_collapsed(losses, logits, train.labels.numpy()), (losses, logits.std())
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -11,19 +10,32 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from mrnet import PLANES, TASKS
-from mrnet import metrics as M
-from mrnet.errors import UserError
-import pandas as pd
-
-from mrnet.probs import make_probs, read_probs, rows
-from mrnet.metrics import (auc, binary_metrics, bootstrap_aucs, bootstrap_ci, brier,
-                           evaluate_all, evaluate_task, expected_calibration_error, headline,
-                           largest_errors, reliability, youden_threshold)
-from mrnet.plots import plot_roc, roc_points, roc_table, write_table
+from mrnet.core import stats
+from mrnet.core.errors import UserError
+from mrnet.core.plots import plot_roc, roc_points, roc_table, write_table
+from mrnet.core.stats import (
+    auc,
+    binary_metrics,
+    bootstrap_aucs,
+    bootstrap_ci,
+    brier,
+    expected_calibration_error,
+    reliability,
+    task_seed,
+    youden_threshold,
+)
+from mrnet.core.tables import make_probs, read_probs, rows
+from mrnet.evaluation.metrics import (
+    evaluate_all,
+    evaluate_task,
+    headline,
+    largest_errors,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -99,7 +111,7 @@ def test_bootstrap_chunks_do_not_change_the_result(monkeypatch: pytest.MonkeyPat
     labels = rng.integers(0, 2, 40)
     probs = rng.random(40)
     whole = bootstrap_aucs(labels, probs, 100, seed=3)
-    monkeypatch.setattr(M, "_BOOT_CHUNK_ELEMENTS", 40 * 7)
+    monkeypatch.setattr(stats, "_BOOT_CHUNK_ELEMENTS", 40 * 7)
     np.testing.assert_array_equal(bootstrap_aucs(labels, probs, 100, seed=3), whole)
 
 
@@ -244,7 +256,7 @@ def test_evaluate_all_layout_rounding_and_means() -> None:
                 assert isinstance(value, (int, float)), (task, model, key)
                 assert value == round(value, 4)
             assert r["auc_ci_low"] <= r["auc"] <= r["auc_ci_high"]
-    want = np.mean([evaluate_task(tables[t], 100, 0.95, M.task_seed(0, t))["ensemble"]["auc"]
+    want = np.mean([evaluate_task(tables[t], 100, 0.95, task_seed(0, t))["ensemble"]["auc"]
                     for t in TASKS])
     assert out["mean_auc"]["ensemble"] == round(float(want), 4)
     json.dumps(out, allow_nan=False)
@@ -527,7 +539,7 @@ def test_stage_picks_up_an_extra_model_and_learning_curves(tmp_path: Path) -> No
 
 
 def test_wilson_interval_by_hand() -> None:
-    from mrnet.metrics import wilson_interval
+    from mrnet.core.stats import wilson_interval
 
     # 8 of 10 at 95%: z = 1.96, centre (0.8 + z²/20) / (1 + z²/10), half-width as below.
     z = 1.959963984540054

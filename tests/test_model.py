@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from mrnet.model import (GreyStemConv2d, MRNet, MRNetConfig, make_backbone, normalize,
-                         segment_pool)
+from mrnet.core.backbones import GreyStemConv2d, make_backbone, segment_pool
+from mrnet.model import MRNet, MRNetConfig, normalize
 
 
 @pytest.fixture(scope="module")

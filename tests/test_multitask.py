@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tmp_params
 
 from mrnet import PLANES, TASKS
-from mrnet.config import BACKBONES
-from mrnet.engine import weighted_bce
-from mrnet.model import MRNet, MRNetConfig, MultitaskMRNet, make_backbone
-from mrnet.multitask import multitask_loss, train_multitask
-from mrnet.prepare import prepare_plane
-from mrnet.probs import read_probs, rows
-
-from helpers import tmp_params
+from mrnet.core.backbones import make_backbone
+from mrnet.core.tables import read_probs, rows
+from mrnet.core.trainer import weighted_bce
+from mrnet.core.weights import BACKBONES
+from mrnet.data.prepare import prepare_plane
+from mrnet.model import MRNet, MRNetConfig, MultitaskMRNet
+from mrnet.training.multitask import multitask_loss, train_multitask
 
 WIDTHS = {"alexnet": 256, "resnet18": 512, "resnet50": 2048, "vgg16_bn": 512,
           "densenet121": 1024, "densenet169": 1664}

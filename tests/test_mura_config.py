@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mrnet.errors import ParamsError
-from mrnet.mura.config import MuraParams, ModelConfig, PrepareConfig, load_params, params_from_dict
+from mrnet.core.errors import ParamsError
+from mrnet.mura.config import (
+    ModelConfig,
+    MuraParams,
+    PrepareConfig,
+    load_params,
+    params_from_dict,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((PROJECT / "mura" / "params.yaml").read_text())

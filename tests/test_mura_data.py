@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mrnet.errors import DatasetError
+from mrnet.core.errors import DatasetError
 from mrnet.mura.data import load_view, read_split, study_view_files
 from mrnet.mura.validate import validate_dataset
 

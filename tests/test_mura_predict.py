@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from test_mura_train import tiny_params
 
 from mrnet.mura.config import SynthesizeConfig
-from mrnet.mura.data import load_view, read_split
-from mrnet.mura.predict import extract, main, predict_studies, view_cams
+from mrnet.mura.data import read_split
+from mrnet.mura.model import load_model
+from mrnet.mura.predict import extract, main, predict_studies
 from mrnet.mura.prepare import prepare
 from mrnet.mura.synthetic import generate
-from mrnet.mura.train import load_model, train_mura
-
-from test_mura_train import tiny_params
+from mrnet.mura.train import train_mura
+from mrnet.mura.viewer import view_cams
 
 TINY = SynthesizeConfig(seed=2, n_train=10, n_valid=7, image_size=40, views_min=1, views_max=4,
                         rgb_fraction=0.5)

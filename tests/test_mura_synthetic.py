@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import cross_val_predict
 from sklearn.metrics import roc_auc_score
-from sklearn.preprocessing import StandardScaler
+from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from mrnet.mura import STUDY_TYPES
 from mrnet.mura.config import SynthesizeConfig

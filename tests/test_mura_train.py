@@ -8,16 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 
-from mrnet.errors import DatasetError
+from mrnet.core.errors import DatasetError
 from mrnet.mura.config import SynthesizeConfig, params_from_dict
-from mrnet.mura.model import MuraNet, imagenet_normalize, study_mean
-from mrnet.mura.prepare import load_prepared, prepare
+from mrnet.mura.model import (
+    MuraNet,
+    imagenet_normalize,
+    load_model,
+    study_mean,
+    view_batches,
+)
+from mrnet.mura.prepare import load_prepared, prepare, study_set
 from mrnet.mura.synthetic import generate
-from mrnet.mura.train import (load_model, mura_loss, study_loss_weights, study_set, train_mura,
-                              type_weights, view_batches)
+from mrnet.mura.train import mura_loss, study_loss_weights, train_mura, type_weights
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -150,7 +154,7 @@ def test_training_is_deterministic_and_keeps_the_lowest_validation_loss(prepared
     assert ckpt["epoch"] == 1 + int(np.argmin(losses)) and ckpt["val_loss"] == min(losses)
     assert ckpt["config"]["model"] == {"backbone": "alexnet",
                                        "spatial_pool": params.model.spatial_pool}
-    assert model.config.spatial_pool == params.model.spatial_pool
+    assert model.pool == params.model.spatial_pool
     assert ckpt["config"]["image_size"] == 64
     assert ckpt["config"]["trained_on"]["train_studies"] == 12
     weights = ckpt["config"]["type_weights"]

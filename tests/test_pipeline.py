@@ -14,12 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import PROJECT
 
 from mrnet import PLANES, TASKS
 from mrnet.config import SynthesizeConfig
-from mrnet.synthetic import generate
-
-from helpers import PROJECT
+from mrnet.data.synthetic import generate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -155,9 +154,9 @@ def test_task_param_reruns_only_that_task(repo: Path) -> None:
     assert "task.acl.lr" in params_diff
     metrics_diff = run(repo, "dvc", "metrics", "diff").stdout
     assert "acl" in metrics_diff
-    # The README's compact comparison fits a 160-column terminal and shows every task's AUC.
+    # The docs' compact comparison fits a 160-column terminal and shows every task's AUC.
     command = next(line.split("#")[0].strip() for line in
-                   (PROJECT / "README.md").read_text().splitlines()
+                   (PROJECT / "docs" / "pipeline.md").read_text().splitlines()
                    if line.startswith("dvc exp show --only-changed"))
     proc = subprocess.run(shlex.split(command) + ["--no-pager"], cwd=repo, capture_output=True,
                           text=True, env={**_env(), "COLUMNS": "160"})

@@ -12,18 +12,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import PROJECT, build_tiny_pipeline
 
 from mrnet import PLANES, TASKS
-from mrnet.cam import plane_cam
 from mrnet.config import AugmentConfig, Params
-from mrnet.data import load_series
-from mrnet.engine import ExamSet, train_one_epoch
+from mrnet.core.packed import PackedSet
+from mrnet.core.tables import read_probs, rows
+from mrnet.data.reader import load_series
+from mrnet.inference.cam import plane_cam
+from mrnet.inference.predict import (
+    Predictor,
+    exam_files,
+    format_report,
+    load_predictor,
+    main,
+    predict_cases,
+    read_input_csv,
+)
 from mrnet.model import MRNet, MRNetConfig, normalize
-from mrnet.predict import (Predictor, exam_files, format_report, load_predictor, main,
-                           predict_cases, read_input_csv)
-from mrnet.probs import read_probs, rows
+from mrnet.training.cnn import exam_epoch
 
-from helpers import PROJECT, build_tiny_pipeline
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Params:
@@ -61,7 +69,7 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    return subprocess.run([sys.executable, "-m", "mrnet.predict", "--allow-synthetic", *args],
+    return subprocess.run([sys.executable, "-m", "mrnet.inference.predict", "--allow-synthetic", *args],
                           cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -330,7 +338,7 @@ def test_learned_cam_points_at_the_lesion() -> None:
     rng = np.random.default_rng(0)
     vols, labels, _ = _lesion_phantoms(24, rng)
     counts = torch.tensor([len(v) for v in vols])
-    data = ExamSet(torch.from_numpy(np.concatenate(vols)), torch.cumsum(counts, 0) - counts,
+    data = PackedSet(torch.from_numpy(np.concatenate(vols)), torch.cumsum(counts, 0) - counts,
                    counts, [str(i) for i in range(len(vols))],
                    torch.tensor(labels, dtype=torch.float32))
     torch.manual_seed(0)
@@ -338,7 +346,7 @@ def test_learned_cam_points_at_the_lesion() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=0.01)
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
-        train_one_epoch(model, data, opt, 1.0, 4, AugmentConfig(0.0, 0.0, 0.0), gen,
+        exam_epoch(model, data, opt, 1.0, 4, AugmentConfig(0.0, 0.0, 0.0), gen,
                         torch.device("cpu"))
     test_vols, _, lesions = _lesion_phantoms(16, rng)
     yy, xx = np.mgrid[:64, :64]
@@ -418,7 +426,7 @@ def test_phantom_models_are_refused_without_the_flag(pipeline: Params, tmp_path:
     ckpt = torch.load(Path(pipeline.train.out) / "acl-sagittal.pt", weights_only=True)
     record = ckpt["config"]["provenance"]
     assert record["synthetic"] is True and record["data_root"] == pipeline.data.root
-    from mrnet.train import use_bf16
+    from mrnet.core.runtime import use_bf16
     resolved = use_bf16(ckpt["config"]["train"]["precision"], torch.device("cpu"))
     assert record["precision"] == ("bf16" if resolved else "fp32")  # never "auto"
     assert record["device_type"] == "cpu"

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from mrnet import SPLITS
-from mrnet.data import load_series
-from mrnet.errors import WeightsNotFoundError
+from mrnet.core.errors import WeightsNotFoundError
+from mrnet.core.packed import resize_volume
+from mrnet.data.prepare import load_prepared, prepare_plane
+from mrnet.data.reader import load_series
 from mrnet.model import MRNet, MRNetConfig
-from mrnet.prepare import load_prepared, prepare_plane, resize_volume
 
 
 @pytest.mark.parametrize("size", [32, 64])

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import PROJECT
 
 from mrnet import PLANES
-from mrnet.validate import validate_dataset
-
-from helpers import PROJECT
+from mrnet.data.validate import validate_dataset
 
 sys.path.insert(0, str(PROJECT / "benchmarks"))
 from rehearsal import write_dataset  # noqa: E402

@@ -18,9 +18,9 @@ from sklearn.preprocessing import StandardScaler
 
 from mrnet import PLANES, SPLITS, TASKS
 from mrnet.config import SynthesizeConfig
-from mrnet.data import list_exams, read_labels
-from mrnet.provenance import is_synthetic
-from mrnet.synthetic import PREVALENCE, draw_labels, generate, render_exam
+from mrnet.core.provenance import is_synthetic
+from mrnet.data.reader import list_exams, read_labels
+from mrnet.data.synthetic import PREVALENCE, draw_labels, generate, render_exam
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def test_volumes_match_contract(small: Path) -> None:
 
 
 def test_valid_ids_follow_a_large_train(tmp_path: Path) -> None:
-    from mrnet.synthetic import case_ids
+    from mrnet.data.synthetic import case_ids
     cfg = SynthesizeConfig(n_train=1200, n_valid=5)
     assert case_ids(cfg)["valid"] == ["1200", "1201", "1202", "1203", "1204"]
     assert case_ids(SMALL)["valid"][0] == "1130"

@@ -8,13 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from mrnet.engine import compute_pos_weight, weighted_bce
-from mrnet.prepare import prepare_plane
-from mrnet.train import (TrainingInterrupted, better, derive_seed, load_checkpoint, train_model,
-                         use_bf16, wants_channels_last)
-
 from helpers import tmp_params
+
+from mrnet.core.runtime import use_bf16, wants_channels_last
+from mrnet.core.trainer import (
+    TrainingInterrupted,
+    better,
+    compute_pos_weight,
+    derive_seed,
+    weighted_bce,
+)
+from mrnet.data.prepare import prepare_plane
+from mrnet.model import load_checkpoint
+from mrnet.training.cnn import train_model
 
 FAST = {"epochs": 3, "exams_per_batch": 2, "lr": 1e-4}
 

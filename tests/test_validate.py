@@ -16,10 +16,9 @@ import pytest
 import yaml
 
 from mrnet import PLANES, SPLITS, TASKS
-from mrnet.data import label_csv
-from mrnet.errors import DatasetError
-from mrnet.provenance import dataset_fingerprint
-from mrnet.validate import validate_dataset
+from mrnet.core.errors import DatasetError
+from mrnet.data.reader import dataset_fingerprint, label_csv
+from mrnet.data.validate import validate_dataset
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +122,7 @@ def test_tear_without_abnormal_is_a_counted_warning(tiny_copy: Path,
     case_id = _ids(tiny_copy, "train")[1]
     _set_label(tiny_copy, "train", "abnormal", case_id, 0)
     _set_label(tiny_copy, "train", "acl", case_id, 1)
-    with caplog.at_level(logging.WARNING, logger="mrnet.validate"):
+    with caplog.at_level(logging.WARNING, logger="mrnet.data.validate"):
         report = validate_dataset(tiny_copy)
     assert report["train"]["tear_without_abnormal"] == 1
     assert report["valid"]["tear_without_abnormal"] == 0

@@ -22,17 +22,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import PROJECT, build_tiny_pipeline, raw_params
 from PIL import Image
 
 from mrnet import PLANES, TASKS
-from mrnet.cam import PlaneCam
 from mrnet.config import Params
-from mrnet.predict import main as predict_main
-from mrnet.io import write_json
-from mrnet.viewer import render_html, slice_images, write_pages
-
-from helpers import PROJECT, build_tiny_pipeline, raw_params
-
+from mrnet.core.html import slice_images
+from mrnet.core.io import write_json
+from mrnet.inference.cam import PlaneCam
+from mrnet.inference.predict import main as predict_main
+from mrnet.inference.viewer import render_html, write_pages
 
 SHAPES = {"axial": (5, 96, 96), "coronal": (7, 96, 80), "sagittal": (4, 96, 96)}
 

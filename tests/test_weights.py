@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
-import mrnet.model
-from mrnet.errors import WeightsNotFoundError
-from mrnet.model import MRNet, MRNetConfig
-from mrnet.weights import (WeightsHashError, expected_prefix, verify_file, weights_record)
-
 from helpers import PROJECT
+
+import mrnet.core.weights
+from mrnet.core.errors import WeightsNotFoundError
+from mrnet.core.weights import (
+    WeightsHashError,
+    expected_prefix,
+    verify_file,
+    weights_record,
+)
+from mrnet.model import MRNet, MRNetConfig
 
 URL = "https://example.invalid/models/alexnet-test.pth"
 
@@ -47,7 +51,7 @@ def write_tiny_alexnet(folder: Path) -> Path:
 def cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A tiny AlexNet weights file that the code takes for torchvision's published one."""
     path = write_tiny_alexnet(tmp_path / "hub" / "checkpoints")
-    monkeypatch.setattr(mrnet.model, "weights_file", lambda backbone: (path, URL))
+    monkeypatch.setattr(mrnet.core.weights, "published", lambda backbone: (path, URL))
     return path
 
 
@@ -61,7 +65,7 @@ def test_hash_prefix_is_read_from_torchvision_names() -> None:
     assert expected_prefix("alexnet-owt-7be5be79.pth") == "7be5be79"
     assert expected_prefix("/x/resnet18-f37072fd.pth") == "f37072fd"
     for backbone in ("alexnet", "resnet18", "densenet121"):
-        path, url = mrnet.model.weights_file(backbone)
+        path, url = mrnet.core.weights.published(backbone)
         assert path.name == url.rsplit("/", 1)[1] and len(expected_prefix(path)) >= 8
     with pytest.raises(WeightsHashError, match=r"weights\.pth: the file name carries no sha256"):
         expected_prefix("weights.pth")
@@ -100,7 +104,7 @@ def test_record_names_file_address_and_sha256(cached: Path) -> None:
 def test_missing_file_says_which_file_to_place_where(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    path, url = mrnet.model.weights_file("alexnet")
+    path, url = mrnet.core.weights.published("alexnet")
     assert path == tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     with pytest.raises(WeightsNotFoundError) as info:
         weights_record("alexnet", True)

@@ -1,7 +1,8 @@
 """MURA: study-level abnormality detection on upper-extremity radiographs (Rajpurkar et al.).
 
 The sibling of MRNet in the Stanford family, built from the same library: the backbones of
-:mod:`mrnet.model`, the training loop of :mod:`mrnet.train`, the metrics and plots. One CNN
+:mod:`mrnet.core.backbones`, the trainer of :mod:`mrnet.core.trainer`, the statistics, tables
+and plots of the core. One CNN
 scores each view of a study; the study's probability is the mean over its views.
 """
 

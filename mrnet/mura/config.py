@@ -1,7 +1,7 @@
 """mura/params.yaml loaded into typed, validated dataclasses.
 
 As for MRNet's params.yaml (:mod:`mrnet.config`), an unknown, missing or ill-typed key is a
-:class:`~mrnet.errors.ParamsError` naming the key. Paths in the file are relative to the
+:class:`~mrnet.core.errors.ParamsError` naming the key. Paths in the file are relative to the
 project root, where the MURA stages run (``wdir: ..`` in ``mura/dvc.yaml``).
 
 The dataclass defaults are the paper's recipe (DenseNet-169, ImageNet weights, 320 px, lr 1e-4
@@ -11,16 +11,13 @@ kept); ``mura/params.yaml`` holds the CPU demo on synthetic radiographs.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from mrnet.config import BACKBONES, DEVICES, PRECISIONS, _build
-from mrnet.errors import ParamsError
-from mrnet.model import INITS
+from mrnet.core.errors import ParamsError
+from mrnet.core.params import DEVICES, PRECISIONS, build_sections, load_yaml
+from mrnet.core.weights import BACKBONES, INITS
 
 PARAMS_FILE = "mura/params.yaml"
 SPATIAL_POOLS = ("avg", "max")
@@ -118,8 +115,8 @@ LOSS_LEVELS = ("view", "study")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training of the per-view CNN; the attribute names :func:`mrnet.train.run_training` reads
-    (lr, weight_decay, lr_factor, lr_patience, epochs, patience) mean what they mean there."""
+    """Training of the per-view CNN; the keys :func:`mrnet.core.trainer.run_training` reads (lr,
+    weight_decay, lr_factor, lr_patience, epochs, patience) mean what they mean there."""
 
     out: str = "mura/models"
     seed: int = 0
@@ -226,32 +223,10 @@ _CLASSES = {"data": DataConfig, "synthesize": SynthesizeConfig, "prepare": Prepa
 
 def params_from_dict(raw: Mapping[str, Any], source: str = PARAMS_FILE) -> MuraParams:
     """Validate a params mapping (as read from mura/params.yaml) into :class:`MuraParams`."""
-    if not isinstance(raw, Mapping):
-        raise ParamsError(f"{source}: expected a mapping at the top level")
-    unknown = sorted(set(raw) - set(_CLASSES))
-    if unknown:
-        raise ParamsError(f"{source}: unknown params section {unknown[0]!r} "
-                          f"(known: {', '.join(sorted(_CLASSES))})")
-    sections = {}
-    for name, cls in _CLASSES.items():
-        if name not in raw:
-            raise ParamsError(f"{source}: params section {name} is missing")
-        cfg = _build(cls, raw[name], name)
-        check = getattr(cfg, "check", None)
-        if check is not None:
-            check(name)
-        sections[name] = cfg
-    return MuraParams(**sections)
+    return MuraParams(**build_sections(raw, _CLASSES, source, require=True))
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> MuraParams:
-    """Read and validate mura/params.yaml."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found (run from the project root, or "
-                          "through `dvc repro mura/dvc.yaml`)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    """Read and validate mura/params.yaml (read as DVC reads it: ``1e-05`` is a number)."""
+    raw = load_yaml(path, "run from the project root, or through `dvc repro mura/dvc.yaml`")
     return params_from_dict(raw or {}, str(path))

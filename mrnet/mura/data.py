@@ -11,7 +11,7 @@ Paths in the CSVs are relative to the folder holding ``MURA-v1.1`` (they start w
 are joined to their study by that folder, never by row order. Views per study vary, image sizes
 vary, and PNGs may be greyscale or RGB; :func:`load_view` returns every one as uint8 grey.
 
-Every problem is a :class:`~mrnet.errors.DatasetError` of one line naming the file (and row)
+Every problem is a :class:`~mrnet.core.errors.DatasetError` of one line naming the file (and row)
 and what is wrong.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from mrnet.errors import DatasetError
+from mrnet.core.errors import DatasetError
 from mrnet.mura import SPLITS, STUDY_TYPES
 
 STUDY_DIR = re.compile(r"(XR_[A-Z]+)/(patient\d+)/(study\d+)_(positive|negative)")

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from mrnet.metrics import auc, bootstrap_aucs, percentile_ci, rounded, task_seed
+from mrnet.core.stats import auc, bootstrap_aucs, percentile_ci, rounded, task_seed
 from mrnet.mura import STUDY_TYPES
 
 # Rows of the per-type table: every study type, then all studies together.

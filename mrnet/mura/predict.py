@@ -36,25 +36,23 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from mrnet.errors import DatasetError, UserError, cli
-from mrnet.io import write_text
+from mrnet.core.errors import DatasetError, UserError, cli
+from mrnet.core.io import write_text
+from mrnet.core.packed import PackedSet
+from mrnet.core.runtime import fast_layout, select_device, use_bf16
+from mrnet.core.stats import sigmoid
+from mrnet.core.tables import read_table
 from mrnet.mura.config import PARAMS_FILE, MuraParams, load_params
 from mrnet.mura.data import load_view, study_view_files
-from mrnet.mura.model import MuraNet, imagenet_normalize
-from mrnet.mura.prepare import PreparedStudies, load_prepared, resize_view
-from mrnet.mura.train import (CHECKPOINT, StudySet, _study_probs_np, load_model,
-                              predict_view_logits, study_set)
-from mrnet.train import fast_layout, select_device, use_bf16
+from mrnet.mura.model import CHECKPOINT, MuraNet, load_model, study_probs, view_logits
+from mrnet.mura.prepare import PreparedStudies, load_prepared, resize_view, study_set
+from mrnet.mura.viewer import study_viewer
 
 log = logging.getLogger(__name__)
 
 PAPER_THRESHOLD = 0.5
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+STUDY_COLUMNS = ("study_id", "split", "study_type", "label", "n_views", "prob")
 
 
 def prepared_tables(model: MuraNet, prepared: PreparedStudies, device: torch.device,
@@ -66,20 +64,20 @@ def prepared_tables(model: MuraNet, prepared: PreparedStudies, device: torch.dev
          views: study_id, split, view, prob), in cache order.
     """
     data = study_set(prepared, device)
-    logits = predict_view_logits(model, data, device, 64, bf16)
-    counts = data.counts.numpy()
+    logits = view_logits(model, data, device, 64, bf16)
     s = prepared.studies
+    counts = data.counts.numpy()
     studies = s[["study_id", "split", "study_type", "label", "n_views"]].copy()
-    studies["prob"] = _study_probs_np(logits, counts)
+    studies["prob"] = study_probs(logits, counts)
     views = pd.DataFrame({"study_id": np.repeat(s["study_id"].to_numpy(), counts),
                           "split": prepared.studies["split"].iloc[0] if len(s) else "",
-                          "view": prepared.view_names, "prob": _sigmoid(logits)})
+                          "view": prepared.view_names, "prob": sigmoid(logits)})
     return studies, views
 
 
 def extract(params: MuraParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Probabilities of every train and valid study and view from the trained model."""
-    device = select_device(params.train.device)
+    device = select_device(params.train.device, "train.device of mura/params.yaml")
     model, _ = load_model(Path(params.train.out) / CHECKPOINT, device)
     bf16 = use_bf16(params.train.precision, device)
     fast_layout(model, device, bf16)
@@ -91,15 +89,8 @@ def extract(params: MuraParams) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def read_study_table(path: str | Path) -> pd.DataFrame:
     """A per-study probability table written by the extract stage (study ids as strings)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: study probabilities not found; run "
-                        "`dvc repro mura/dvc.yaml:extract`")
-    table = pd.read_csv(path, dtype={"study_id": str, "split": str, "study_type": str})
-    need = {"study_id", "split", "study_type", "label", "n_views", "prob"}
-    if not need <= set(table.columns):
-        raise UserError(f"{path}: expected columns {', '.join(sorted(need))}")
-    return table
+    return read_table(path, STUDY_COLUMNS, text=("study_id", "split", "study_type"),
+                      rerun="dvc repro mura/dvc.yaml:extract")
 
 
 # ------------------------------------------------------------------ new studies
@@ -116,35 +107,10 @@ def predict_studies(model: MuraNet, image_size: int, studies: Sequence[Sequence[
     views = np.stack([resize_view(v, image_size) for s in studies for v in s])
     counts = torch.tensor([len(s) for s in studies], dtype=torch.int64)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)[:-1]])
-    data = StudySet(torch.from_numpy(views).to(device), offsets, counts,
-                    [str(i) for i in range(len(studies))], [""] * len(studies),
-                    torch.zeros(len(studies)))
-    probs = _sigmoid(predict_view_logits(model, data, device, 64))
+    data = PackedSet(torch.from_numpy(views).to(device), offsets, counts,
+                     [str(i) for i in range(len(studies))])
+    probs = sigmoid(view_logits(model, data, device, 64))
     return np.split(probs, np.cumsum(counts.numpy())[:-1])
-
-
-@torch.inference_mode()
-def view_cams(model: MuraNet, views: Sequence[np.ndarray], image_size: int,
-              device: torch.device | str = "cpu") -> tuple[list[np.ndarray], float]:
-    """Class activation maps of each view of one study, each at its view's own size.
-
-    The maps are ReLU'd and scaled by the highest activation over the study's views (so the
-    views stay comparable), as MRNet's viewer does across slices.
-
-    Returns:
-        (maps in [0, 1], one (H, W) float32 per view; highest raw activation, <= 0 when none).
-    """
-    model.eval()
-    device = torch.device(device)
-    small = torch.from_numpy(np.stack([resize_view(v, image_size) for v in views])).to(device)
-    raw = model.cam(imagenet_normalize(small)).float()
-    top = float(raw.max())
-    cam = raw.clamp_min(0) / top if top > 0 else torch.zeros_like(raw)
-    out = []
-    for i, v in enumerate(views):
-        up = F.interpolate(cam[i][None, None], size=v.shape, mode="bilinear", align_corners=False)
-        out.append(up[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32))
-    return out, top
 
 
 def study_report(name: str, files: Sequence[Path], probs: np.ndarray, threshold: float,
@@ -232,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         studies = [(str(folder), study_view_files(folder)) for folder in args.studies]
     pixels = [load_views(files) for _, files in studies]  # every file checked before any output
-    device = select_device(args.device)
+    device = select_device(args.device, "--device")
     model, ckpt = load_model(model_path(args), device)
     size = int(ckpt["config"]["image_size"])
     probs = predict_studies(model, size, pixels, device)
@@ -255,8 +221,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             write_text(args.json, text)
     if args.viewer:
-        from mrnet.mura.viewer import study_viewer  # HTML only when asked for
-
         write_text(args.viewer, study_viewer(model, reports[0], pixels[0], size, device))
         log.info("wrote %s", args.viewer)
 

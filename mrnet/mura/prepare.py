@@ -8,22 +8,21 @@ view is scaled to a square whatever its aspect ratio.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+import torch
 
-from mrnet.errors import DatasetError
-from mrnet.io import atomic_path, write_json
+from mrnet.core.packed import PackedSet, read_packed, resize_volume, write_packed
 from mrnet.mura import SPLITS
 from mrnet.mura.data import load_view, read_split
-from mrnet.prepare import resize_volume
 
 log = logging.getLogger(__name__)
+
+RERUN = "dvc repro mura/dvc.yaml:prepare"
 
 
 class PreparedStudies(NamedTuple):
@@ -40,27 +39,19 @@ def resize_view(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def prepare_split(root: str | Path, split: str, out: str | Path, image_size: int) -> dict:
-    """Write the cache of one split; returns its summary."""
+    """Write the cache of one split (the packed cache of :mod:`mrnet.core.packed`, with each
+    study's type and label and each view's name); returns its summary."""
     data = read_split(root, split)
     studies = data.studies
-    offsets = np.concatenate([[0], np.cumsum(studies["n_views"])[:-1]]).astype(np.int64)
-    total = int(studies["n_views"].sum())
-    out = Path(out)
-    with atomic_path(out / f"{split}.npy") as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                        shape=(total, image_size, image_size))
-        for i, path in enumerate(tqdm(data.views["path"].tolist(), desc=f"prepare {split}",
-                                      unit="view", leave=False)):
-            arr[i] = resize_view(load_view(path), image_size)
-        arr.flush()
-        del arr
-    index = {"study_ids": studies["study_id"].tolist(),
-             "study_types": studies["study_type"].tolist(),
-             "labels": studies["label"].astype(int).tolist(),
-             "offsets": offsets.tolist(), "counts": studies["n_views"].astype(int).tolist(),
-             "view_names": data.views["view"].tolist(), "image_size": image_size}
-    write_json(out / f"{split}.json", index)
-    return {"studies": len(studies), "views": total}
+    views = (resize_view(load_view(path), image_size)[None]
+             for path in data.views["path"].tolist())
+    columns = {"study_types": studies["study_type"].tolist(),
+               "labels": studies["label"].astype(int).tolist(),
+               "view_names": data.views["view"].tolist()}
+    summary = write_packed(out, split, studies["study_id"].tolist(),
+                           studies["n_views"].astype(int).tolist(), image_size, views, columns,
+                           desc=f"prepare {split}", n_blocks=len(data.views))
+    return {"studies": summary["cases"], "views": summary["slices"]}
 
 
 def prepare(root: str | Path, out: str | Path, image_size: int) -> dict:
@@ -70,20 +61,21 @@ def prepare(root: str | Path, out: str | Path, image_size: int) -> dict:
 
 def load_prepared(out: str | Path, split: str) -> PreparedStudies:
     """Open the cache of one split (views memory-mapped)."""
-    index_path, data_path = Path(out) / f"{split}.json", Path(out) / f"{split}.npy"
-    for p in (index_path, data_path):
-        if not p.is_file():
-            raise DatasetError(f"{p}: prepared cache not found; run "
-                               "`dvc repro mura/dvc.yaml:prepare`")
-    index = json.loads(index_path.read_text())
-    views = np.load(data_path, mmap_mode="r")
-    counts = np.asarray(index["counts"], dtype=np.int64)
-    if counts.sum() != views.shape[0]:
-        raise DatasetError(f"{data_path}: holds {views.shape[0]} views but {index_path} lists "
-                           f"{counts.sum()}; rerun `dvc repro mura/dvc.yaml:prepare`")
-    studies = pd.DataFrame({"study_id": pd.Series(index["study_ids"], dtype=object),
-                            "split": split, "study_type": index["study_types"],
-                            "label": np.asarray(index["labels"], dtype=np.int64),
-                            "n_views": counts,
-                            "offset": np.asarray(index["offsets"], dtype=np.int64)})
-    return PreparedStudies(studies, views, list(index["view_names"]))
+    packed = read_packed(out, split, RERUN)
+    cols = packed.columns
+    studies = pd.DataFrame({"study_id": pd.Series(packed.case_ids, dtype=object),
+                            "split": split, "study_type": cols["study_types"],
+                            "label": np.asarray(cols["labels"], dtype=np.int64),
+                            "n_views": packed.counts, "offset": packed.offsets})
+    return PreparedStudies(studies, packed.slices, list(cols["view_names"]))
+
+
+def study_set(prepared: PreparedStudies, device: torch.device | str = "cpu") -> PackedSet:
+    """A prepared split as a :class:`~mrnet.core.packed.PackedSet` of studies (labels, study
+    types as ``groups``), views moved to ``device`` in one read."""
+    s = prepared.studies
+    return PackedSet(torch.from_numpy(np.array(prepared.views)).to(device),
+                     torch.tensor(s["offset"].to_numpy(np.int64)),
+                     torch.tensor(s["n_views"].to_numpy(np.int64)),
+                     s["study_id"].astype(str).tolist(),
+                     torch.tensor(s["label"].to_numpy(np.float32)), s["study_type"].tolist())

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from mrnet.core.io import atomic_dir
 from mrnet.mura import DATASET_NAME, STUDY_TYPES
 from mrnet.mura.config import SynthesizeConfig
 
@@ -260,11 +260,16 @@ def _labels(rng: np.random.Generator, types: list[str]) -> list[int]:
 
 
 def generate(root: str | Path, cfg: SynthesizeConfig) -> dict[str, int]:
-    """Write a synthetic MURA-v1.1 dataset at ``root`` (replacing it); returns counts per split."""
-    root = Path(root)
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
+    """Write a synthetic MURA-v1.1 dataset at ``root`` (replacing it); returns counts per split.
+
+    Written into a temporary sibling folder renamed onto ``root`` at the end, so a killed run
+    leaves the previous dataset (or none), never half of one.
+    """
+    with atomic_dir(root) as tmp:
+        return _write_dataset(tmp, cfg)
+
+
+def _write_dataset(root: Path, cfg: SynthesizeConfig) -> dict[str, int]:
     counts = {}
     patient = 1
     for split, n in (("train", cfg.n_train), ("valid", cfg.n_valid)):

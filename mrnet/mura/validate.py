@@ -3,7 +3,7 @@
 :func:`validate_dataset` reads both splits with :func:`mrnet.mura.data.read_split` (layout,
 CSV rows, labels against folder names, every listed image present, every study with an image)
 and opens every PNG's header (readable, a PNG, at least 8 px a side) without decoding pixels.
-The first problem is a :class:`~mrnet.errors.DatasetError` naming the file (and CSV line).
+The first problem is a :class:`~mrnet.core.errors.DatasetError` naming the file (and CSV line).
 A patient in both splits is an error too: the splits must not share people.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mrnet.errors import DatasetError
+from mrnet.core.errors import DatasetError
 from mrnet.mura import SPLITS, STUDY_TYPES
 from mrnet.mura.data import image_info, read_split
 

@@ -1,6 +1,6 @@
 """A self-contained HTML viewer of one MURA study: its views with class activation maps.
 
-In the style of :mod:`mrnet.viewer`: one file that needs no server and nothing from the network
+In the style of :mod:`mrnet.inference.viewer`: one file that needs no server and nothing from the network
 (views and CAM overlays are embedded PNG data URIs, script and style inline). It shows the
 study's probability with its call and threshold, what the model was trained on, and every view
 side by side with its own probability and a CAM overlay that a checkbox switches on and off.
@@ -14,9 +14,35 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from mrnet.mura.model import MuraNet
-from mrnet.viewer import MAX_SLICE_PX, overlay_images, slice_images
+from mrnet.core.html import MAX_SLICE_PX, overlay_images, slice_images
+from mrnet.mura.model import MuraNet, imagenet_normalize
+from mrnet.mura.prepare import resize_view
+
+
+@torch.inference_mode()
+def view_cams(model: MuraNet, views: Sequence[np.ndarray], image_size: int,
+              device: torch.device | str = "cpu") -> tuple[list[np.ndarray], float]:
+    """Class activation maps of each view of one study, each at its view's own size.
+
+    The maps are ReLU'd and scaled by the highest activation over the study's views (so the
+    views stay comparable), as MRNet's viewer does across slices.
+
+    Returns:
+        (maps in [0, 1], one (H, W) float32 per view; highest raw activation, <= 0 when none).
+    """
+    model.eval()
+    device = torch.device(device)
+    small = torch.from_numpy(np.stack([resize_view(v, image_size) for v in views])).to(device)
+    raw = model.cam(imagenet_normalize(small)).float()
+    top = float(raw.max())
+    cam = raw.clamp_min(0) / top if top > 0 else torch.zeros_like(raw)
+    out = []
+    for i, v in enumerate(views):
+        up = F.interpolate(cam[i][None, None], size=v.shape, mode="bilinear", align_corners=False)
+        out.append(up[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32))
+    return out, top
 
 
 def render_study_html(report: Mapping[str, Any], views: Sequence[np.ndarray],
@@ -53,8 +79,6 @@ def study_viewer(model: MuraNet, report: Mapping[str, Any], views: Sequence[np.n
                  image_size: int, device: torch.device | str = "cpu",
                  label: int | None = None) -> str:
     """CAMs of every view of one study, rendered into the viewer page."""
-    from mrnet.mura.predict import view_cams  # predict imports this module's callers
-
     cams, _ = view_cams(model, views, image_size, device)
     return render_study_html(report, views, cams, label)
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mrnet.errors import UserError, cli
-from mrnet.io import atomic_path, write_json
-from mrnet.metrics import auc
+from mrnet.core.errors import UserError, cli
+from mrnet.core.io import atomic_path, write_json
+from mrnet.core.plots import plot_roc, roc_points
+from mrnet.core.stats import auc
 from mrnet.mura import STUDY_TYPES
 from mrnet.mura.config import load_params
 from mrnet.mura.evaluate import ALL, format_table, metrics_json, per_type_table
 from mrnet.mura.predict import read_study_table
-from mrnet.plots import plot_roc, roc_points
 
 log = logging.getLogger("stages.mura.evaluate")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mrnet.errors import cli
-from mrnet.io import atomic_path
+from mrnet.core.errors import cli
+from mrnet.core.io import atomic_path
 from mrnet.mura.config import load_params
 from mrnet.mura.predict import extract
 

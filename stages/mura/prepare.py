@@ -6,7 +6,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from mrnet.errors import cli
+from mrnet.core.errors import cli
 from mrnet.mura.config import load_params
 from mrnet.mura.prepare import prepare
 

@@ -9,30 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from pathlib import Path
 
-from mrnet.errors import ParamsError, cli
-from mrnet.io import write_text
+from mrnet.core.errors import cli
+from mrnet.core.io import check_output_dir, remove_except, replace_with_note
 from mrnet.mura import DATASET_NAME
 from mrnet.mura.config import load_params
 from mrnet.mura.synthetic import generate
 
 log = logging.getLogger("stages.mura.synthesize")
-
-
-def _reset(out: Path, data_root: Path) -> None:
-    """Empty the stage's output folder, refusing folders that would take user data with them."""
-    cwd = Path.cwd().resolve()
-    if out == cwd or out in cwd.parents:
-        raise ParamsError(f"synthesize.out ({out}) is the project folder or one above it; "
-                          "point it at a folder of its own, e.g. mura/data/synthetic")
-    if out in data_root.parents and data_root != out / DATASET_NAME:
-        raise ParamsError(f"synthesize.out ({out}) contains data.root ({data_root}), which is "
-                          "not the synthetic dataset; clearing it would delete your data")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
 
 
 @cli
@@ -43,14 +28,15 @@ def main() -> None:
     target = out / DATASET_NAME
     data_root = Path(params.data.root).resolve()
     log.info("synthesize config: %s; data.root: %s", dataclasses.asdict(cfg), params.data.root)
-    _reset(out, data_root)
+    check_output_dir(out, "synthesize.out", data_root, target, "mura/data/synthetic")
     if data_root == target:
+        # generate() swaps the new dataset in whole; the old one stays until then.
         counts = generate(target, cfg)
+        remove_except(out, DATASET_NAME)
         log.info("wrote %s synthetic studies to %s", counts, target)
     else:
-        write_text(out / "README.txt",
-                   "Synthetic radiographs were skipped: data.root points at "
-                   f"{params.data.root}, not at {Path(cfg.out) / DATASET_NAME}.\n")
+        replace_with_note(out, "Synthetic radiographs were skipped: data.root points at "
+                          f"{params.data.root}, not at {Path(cfg.out) / DATASET_NAME}.\n")
         log.info("data.root is %s: synthetic studies skipped", params.data.root)
 
 

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from mrnet.errors import cli
+from mrnet.core.errors import cli
 from mrnet.mura.config import load_params
 from mrnet.mura.train import train_mura
 

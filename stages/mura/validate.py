@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mrnet.errors import cli
-from mrnet.io import write_json
+from mrnet.core.errors import cli
+from mrnet.core.io import write_json
 from mrnet.mura import SPLITS
 from mrnet.mura.config import load_params
 from mrnet.mura.validate import validate_dataset

@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mrnet.errors import cli
+from mrnet.core.errors import cli
+from mrnet.core.runtime import select_device
+from mrnet.inference.viewer import write_pages
 from mrnet.mura.config import load_params
 from mrnet.mura.data import read_split
+from mrnet.mura.model import CHECKPOINT, load_model
 from mrnet.mura.predict import load_views, predict_studies, study_report
-from mrnet.mura.train import CHECKPOINT, load_model
 from mrnet.mura.viewer import study_viewer
-from mrnet.train import select_device
-from mrnet.viewer import write_pages
 
 log = logging.getLogger("stages.mura.viewer")
 
@@ -22,7 +22,7 @@ log = logging.getLogger("stages.mura.viewer")
 def main() -> None:
     params = load_params()
     cfg = params.viewer
-    device = select_device(params.train.device)
+    device = select_device(params.train.device, "train.device of mura/params.yaml")
     model, ckpt = load_model(Path(params.train.out) / CHECKPOINT, device)
     size = int(ckpt["config"]["image_size"])
     data = read_split(params.data.root, "valid")

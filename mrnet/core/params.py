@@ -1,0 +1,148 @@
+"""Params files loaded into typed, validated dataclasses, for every dataset of the project.
+
+A params file is the single source of truth. An unknown key, a missing key or a value of the
+wrong type is a :class:`ParamsError` naming the key, never a silent default. Every params and
+recipe file is read with :func:`load_yaml`, so all of them read numbers as DVC does.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import re
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mrnet.core.errors import ParamsError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def merge(base: dict, over: Mapping) -> dict:
+    """``base`` with ``over`` applied, nested mappings merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def check_type(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked to be of the plain type ``tp`` (bool, int, float, str) for ``key``."""
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"params key {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"params key {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"params key {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"params key {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported field type {tp!r} for {key}")
+
+
+def build(cls: type, raw: Any, key: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown, missing and ill-typed keys.
+
+    The dataclass defaults serve code that builds a config directly (tests, benchmarks); the
+    pipeline never falls back on them, so they cannot silently differ from params.yaml.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"params key {key} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ParamsError(f"unknown params key {key}.{unknown[0]} "
+                          f"(known keys of {key}: {', '.join(sorted(names))})")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
+    if missing:
+        raise ParamsError(f"params key {key}.{missing[0]} is missing (add it to params.yaml; "
+                          f"{key} needs {', '.join(f.name for f in dataclasses.fields(cls))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = build(tp, raw[f.name], f"{key}.{f.name}")
+        elif typing.get_origin(tp) is collections.abc.Mapping:
+            value = raw[f.name] or {}
+            if not isinstance(value, Mapping):
+                raise ParamsError(f"params key {key}.{f.name} must be a mapping, got {value!r}")
+            kwargs[f.name] = dict(value)
+        else:
+            kwargs[f.name] = check_type(raw[f.name], tp, f"{key}.{f.name}")
+    return cls(**kwargs)
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """YAML 1.1 (PyYAML) reads ``1e-05`` as text; ``dvc exp run -S train.lr=1e-5`` writes
+    floats that way, and YAML 1.2 (DVC's reader) takes them as numbers, so this one does too."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(path: str | Path, missing_hint: str = "",
+              error: type[Exception] = ParamsError) -> Any:
+    """Read a params or recipe file with :class:`ParamsLoader`.
+
+    Raises:
+        ``error`` (a :class:`ParamsError` by default): the file is missing (with
+        ``missing_hint`` appended) or is not valid YAML.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {'params file' if error is ParamsError else 'file'} not found"
+                    + (f" ({missing_hint})" if missing_hint else ""))
+    try:
+        return yaml.load(path.read_text(), Loader=ParamsLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML ({exc})") from None
+
+
+def build_sections(raw: Any, sections: Mapping[str, type], source: str,
+                   extra: tuple[str, ...] = (), require: bool = False) -> dict[str, Any]:
+    """Every section of a params mapping built with :func:`build` and checked.
+
+    Args:
+        sections: section name -> dataclass (with an optional ``check(key)`` method).
+        extra: further known top-level keys the caller handles itself.
+        require: a missing section is an error (otherwise it is built from an empty mapping,
+            which names its first missing key).
+    """
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{source}: expected a mapping at the top level")
+    known = set(sections) | set(extra)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ParamsError(f"{source}: unknown params section {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(known))})")
+    out = {}
+    for name, cls in sections.items():
+        if require and name not in raw:
+            raise ParamsError(f"{source}: params section {name} is missing")
+        cfg = build(cls, raw.get(name), name)
+        check = getattr(cfg, "check", None)
+        if check is not None:
+            check(name)
+        out[name] = cfg
+    return out

@@ -1,0 +1,442 @@
+"""A scanner's DICOM export of one knee exam, turned into the three MRNet series.
+
+A scanner exports one file per slice, several series per exam (a localizer, the diagnostic
+series of each plane, sometimes more than one per plane), with file names that say nothing.
+:func:`import_exam` reads every file's header, groups the files by series, and for each series
+
+- tells its plane from ``ImageOrientationPatient``: the slice normal (row x column cosines)
+  points mostly along the patient's x axis (sagittal), y (coronal) or z (axial);
+- ignores it when it is a localizer (``ImageType`` or description), mixes orientations, has
+  fewer than :data:`MIN_SLICES` slices or several images at one position;
+
+then picks one series per plane (``--series`` by number or description, else MRNet's
+contrast for that plane -- sagittal T2, coronal T1, axial PD (Bien et al. 2018) -- else the
+series with most slices), and turns each chosen series into an MRNet ``.npy``:
+
+- slices ordered by their position along the plane's patient axis (``ImagePositionPatient``
+  projected on the normal; right to left, anterior to posterior, foot to head), never by file
+  name or instance number;
+- ``RescaleSlope``/``RescaleIntercept`` applied per slice;
+- a non-square field of view padded to a square (in millimetres), resampled to 256 x 256
+  (antialiased bilinear, as the prepare stage resizes);
+- intensities windowed to uint8 between the series' 0.5th and 99.5th percentiles. MRNet
+  standardised intensities with a histogram method fitted on its own data; a per-series
+  percentile window is the reproducible stand-in, and the models scale every exam by its own
+  range anyway.
+
+``OUT_DIR/{axial,coronal,sagittal}.npy`` and ``OUT_DIR/dicom.json`` (what was chosen and why,
+what was ignored and why) are written atomically. Any problem a user can meet (missing plane,
+several studies, compressed pixel data without a decoder) is a :class:`DicomError` naming the
+series or file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mrnet import PLANES
+from mrnet.core.errors import UserError
+from mrnet.core.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 256
+MIN_SLICES = 3
+WINDOW_PERCENTILES = (0.5, 99.5)
+# The patient axis the slice normal follows most (DICOM patient coordinates: x to the
+# patient's left, y to posterior, z to head) names the plane.
+PLANE_OF_AXIS = {0: "sagittal", 1: "coronal", 2: "axial"}
+AXIS_ORDER = {0: "right to left", 1: "anterior to posterior", 2: "foot to head"}
+# MRNet's series (Bien et al. 2018): sagittal T2 (fat-saturated), coronal T1, axial PD.
+PREFERRED_CONTRAST = {"sagittal": "T2", "coronal": "T1", "axial": "PD"}
+LOCALIZER_WORDS = re.compile(r"\b(loc|localizer|localiser|scout|survey|3[- ]?plane)\b", re.I)
+SIDECAR = "dicom.json"
+
+
+class DicomError(UserError):
+    """A DICOM exam that cannot be imported; the message names the series or file."""
+
+
+@dataclass
+class SliceHeader:
+    """What the import needs from one file's header."""
+
+    path: Path
+    study_uid: str
+    series_uid: str
+    series_number: int | None
+    description: str
+    image_type: tuple[str, ...]
+    orientation: np.ndarray | None  # (6,) row and column direction cosines
+    position: np.ndarray | None  # (3,) mm, centre of the first voxel
+    rows: int
+    cols: int
+    pixel_spacing: tuple[float, float]  # (between rows, between columns) mm
+
+
+@dataclass
+class Series:
+    """One series of the exam and what the import made of it."""
+
+    uid: str
+    number: int | None
+    description: str
+    slices: list[SliceHeader]
+    plane: str | None = None
+    reason: str = ""  # why it is unusable (plane None) or how it was chosen
+    normal: np.ndarray | None = None
+    axis: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        num = "?" if self.number is None else str(self.number)
+        return f"series {num} {self.description!r}" if self.description else f"series {num}"
+
+
+# ---------------------------------------------------------------- reading headers
+
+
+def _floats(ds: Any, name: str, n: int) -> np.ndarray | None:
+    value = ds.get(name)
+    if value is None:
+        return None
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (n,) else None
+
+
+def read_header(path: Path) -> SliceHeader | None:
+    """The header of one file; None when it is not a DICOM image (DICOMDIR, reports, other
+    files)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError):
+        return None
+    if "Rows" not in ds or "Columns" not in ds or "SeriesInstanceUID" not in ds:
+        return None
+    try:
+        number = int(ds.get("SeriesNumber"))
+    except (TypeError, ValueError):
+        number = None
+    spacing = _floats(ds, "PixelSpacing", 2)
+    return SliceHeader(
+        path=path, study_uid=str(ds.get("StudyInstanceUID", "")),
+        series_uid=str(ds.SeriesInstanceUID),
+        series_number=number,
+        description=str(ds.get("SeriesDescription", "")).strip(),
+        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+        orientation=_floats(ds, "ImageOrientationPatient", 6),
+        position=_floats(ds, "ImagePositionPatient", 3),
+        rows=int(ds.Rows), cols=int(ds.Columns),
+        pixel_spacing=(1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1])))
+
+
+def scan_exam(folder: str | Path) -> tuple[list[Series], list[Path]]:
+    """Every DICOM image under ``folder`` (recursively), grouped by series.
+
+    Returns:
+        The series sorted by series number, and the files that are not DICOM images.
+    Raises:
+        DicomError: no DICOM images, or images of more than one study.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DicomError(f"{folder}: not a folder; give the folder of one exam's DICOM files")
+    headers: list[SliceHeader] = []
+    skipped: list[Path] = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        header = read_header(path)
+        if header is None:
+            skipped.append(path)
+        else:
+            headers.append(header)
+    if not headers:
+        raise DicomError(f"{folder}: no DICOM images found ({len(skipped)} other files)")
+    studies: dict[str, SliceHeader] = {}
+    for h in headers:
+        studies.setdefault(h.study_uid, h)
+    if len(studies) > 1:
+        a, b = list(studies.values())[:2]
+        raise DicomError(f"{folder}: files of {len(studies)} studies (e.g. {a.path.name} of "
+                         f"series {a.series_number} {a.description!r} and {b.path.name} of series "
+                         f"{b.series_number} {b.description!r}); import one exam per folder")
+    by_uid: dict[str, list[SliceHeader]] = {}
+    for h in headers:
+        by_uid.setdefault(h.series_uid, []).append(h)
+    series = [Series(uid, hs[0].series_number, hs[0].description, hs)
+              for uid, hs in by_uid.items()]
+    series.sort(key=lambda s: (s.number is None, s.number or 0, s.uid))
+    for s in series:
+        classify(s)
+    return series, skipped
+
+
+def classify(series: Series) -> Series:
+    """Set ``series.plane`` (None when unusable) and ``series.reason``."""
+    first = series.slices[0]
+    if "LOCALIZER" in first.image_type or LOCALIZER_WORDS.search(series.description):
+        series.reason = "localizer"
+        return series
+    if any(h.orientation is None or h.position is None for h in series.slices):
+        series.reason = "no ImageOrientationPatient/ImagePositionPatient"
+        return series
+    normals = np.array([np.cross(h.orientation[:3], h.orientation[3:]) for h in series.slices])
+    lengths = np.linalg.norm(normals, axis=1)
+    if lengths.min() < 0.5:
+        series.reason = "ImageOrientationPatient is not two orthogonal unit vectors"
+        return series
+    normals /= lengths[:, None]
+    normal = normals[0]
+    if np.abs(normals @ normal).min() < 0.99:  # more than ~8 degrees apart
+        series.reason = "slices in several orientations (a localizer?)"
+        return series
+    if len({(h.rows, h.cols) for h in series.slices}) > 1:
+        series.reason = "slices of different matrix sizes"
+        return series
+    if len(series.slices) < MIN_SLICES:
+        series.reason = f"only {len(series.slices)} slice(s)"
+        return series
+    axis = int(np.argmax(np.abs(normal)))
+    # Along the patient axis, whichever way the scanner's normal points.
+    normal = normal * np.sign(normal[axis])
+    positions = np.array([h.position @ normal for h in series.slices])
+    distinct = len(np.unique(np.round(positions, 2)))
+    if distinct != len(positions):
+        series.reason = (f"{len(positions)} images at {distinct} positions (several echoes "
+                         "or repeats in one series)")
+        return series
+    series.plane, series.normal, series.axis = PLANE_OF_AXIS[axis], normal, axis
+    series.info["obliquity_deg"] = round(float(np.degrees(np.arccos(min(1.0, normal[axis])))), 1)
+    return series
+
+
+# ---------------------------------------------------------------- choosing series
+
+
+def _match(request: str, series: list[Series]) -> Series:
+    if request.strip().isdigit():
+        found = [s for s in series if s.number == int(request)]
+    else:
+        key = request.strip().casefold()
+        found = [s for s in series if s.description.casefold() == key]
+        if not found:
+            found = [s for s in series if key in s.description.casefold()]
+    if len(found) != 1:
+        listed = "; ".join(f"{s.label()} ({s.plane or s.reason})" for s in series)
+        what = "matches no series" if not found else f"matches {len(found)} series"
+        raise DicomError(f"--series {request!r} {what}; the exam has: {listed}")
+    return found[0]
+
+
+def choose_series(series: list[Series], requests: Sequence[str] = (),
+                  source: str = "exam") -> dict[str, Series]:
+    """One series per plane: the requested ones, then MRNet's contrast, then most slices.
+
+    Raises:
+        DicomError: a request matches no usable series, two requests share a plane, or a
+            plane has no usable series.
+    """
+    chosen: dict[str, Series] = {}
+    for request in requests:
+        s = _match(request, series)
+        if s.plane is None:
+            raise DicomError(f"--series {request!r}: {s.label()} is unusable ({s.reason})")
+        if s.plane in chosen:
+            raise DicomError(f"--series {request!r}: {s.label()} is {s.plane}, like "
+                             f"{chosen[s.plane].label()}; choose one series per plane")
+        s.reason = f"chosen with --series {request!r}"
+        chosen[s.plane] = s
+    for plane in PLANES:
+        if plane in chosen:
+            continue
+        candidates = [s for s in series if s.plane == plane]
+        if not candidates:
+            listed = "; ".join(f"{s.label()} ({s.plane or s.reason})" for s in series)
+            raise DicomError(f"{source}: no usable {plane} series (found: {listed}); "
+                             "an MRNet exam needs axial, coronal and sagittal series")
+        contrast = PREFERRED_CONTRAST[plane]
+        pattern = re.compile(rf"(?<![A-Za-z0-9]){contrast}(?![0-9])", re.I)
+        preferred = [s for s in candidates if pattern.search(s.description)]
+        pool = preferred or candidates
+        best = max(pool, key=lambda s: (len(s.slices), -(s.number or 0)))
+        if len(candidates) == 1:
+            best.reason = f"the only {plane} series"
+        elif preferred:
+            best.reason = (f"{contrast} in its description (MRNet's {plane} contrast)"
+                           f"{', most slices' if len(preferred) > 1 else ''}; "
+                           f"of {len(candidates)} {plane} series")
+        else:
+            best.reason = (f"most slices ({len(best.slices)}) of {len(candidates)} {plane} "
+                           f"series, none described as {contrast}")
+        chosen[plane] = best
+    for s in series:
+        if s.plane is not None and chosen.get(s.plane) is not s:
+            s.reason = f"another {s.plane} series was chosen"
+    return chosen
+
+
+# ---------------------------------------------------------------- pixels
+
+
+def read_pixels(series: Series) -> tuple[np.ndarray, list[SliceHeader]]:
+    """The series' slices in anatomical order as float32 (S, rows, cols), rescaled.
+
+    Raises:
+        DicomError: a file's pixel data cannot be decoded (names the file and its transfer
+            syntax) or is not one grey channel.
+    """
+    import pydicom
+
+    assert series.normal is not None, "classify() first"
+    ordered = sorted(series.slices, key=lambda h: float(h.position @ series.normal))
+    out = np.empty((len(ordered), ordered[0].rows, ordered[0].cols), dtype=np.float32)
+    slopes, intercepts = set(), set()
+    for i, h in enumerate(ordered):
+        ds = pydicom.dcmread(h.path)
+        try:
+            pixels = ds.pixel_array
+        except (RuntimeError, NotImplementedError, ValueError, AttributeError) as exc:
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            name = getattr(syntax, "name", None) or str(syntax)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise DicomError(f"{h.path}: cannot decode the pixel data of {series.label()} "
+                             f"(transfer syntax {name}: {first}); install a decoder for it "
+                             "(e.g. pylibjpeg or gdcm) or export uncompressed") from None
+        if pixels.ndim != 2:
+            raise DicomError(f"{h.path}: pixel data of shape {pixels.shape} in {series.label()};"
+                             " expected one grey image per file")
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        slopes.add(slope)
+        intercepts.add(intercept)
+        value = pixels.astype(np.float32) * slope + intercept
+        if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+            value = -value  # MONOCHROME1 shows low values bright
+        out[i] = value
+    series.info["rescale_slope"] = sorted(slopes)
+    series.info["rescale_intercept"] = sorted(intercepts)
+    return out, ordered
+
+
+def to_mrnet(volume: np.ndarray, pixel_spacing: tuple[float, float],
+             size: int = IMAGE_SIZE) -> tuple[np.ndarray, dict[str, Any]]:
+    """A float (S, H, W) series as MRNet's uint8 (S, size, size).
+
+    The window is the series' 0.5th-99.5th percentile range; a non-square field of view is
+    padded (with the window's low end) to a square in millimetres before resampling, so
+    anatomy keeps its proportions.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    lo, hi = (float(v) for v in np.percentile(volume, WINDOW_PERCENTILES))
+    if hi <= lo:
+        hi = lo + 1.0
+    scaled = np.clip((volume - lo) / (hi - lo), 0.0, 1.0) * 255.0
+    dr, dc = pixel_spacing
+    h, w = volume.shape[1:]
+    fov = max(h * dr, w * dc)
+    ph, pw = int(round(fov / dr)), int(round(fov / dc))
+    top, left = (ph - h) // 2, (pw - w) // 2
+    square = np.zeros((volume.shape[0], max(ph, h), max(pw, w)), dtype=np.float32)
+    square[:, top:top + h, left:left + w] = scaled
+    x = torch.from_numpy(square).unsqueeze(1)
+    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    out = y.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
+    return out, {"window": [round(lo, 3), round(hi, 3)], "matrix": [h, w],
+                 "pixel_spacing_mm": [dr, dc], "field_of_view_mm": round(fov, 2)}
+
+
+# ---------------------------------------------------------------- the import
+
+
+def import_exam(folder: str | Path, out_dir: str | Path, series: Sequence[str] = (),
+                size: int = IMAGE_SIZE) -> dict[str, Any]:
+    """Write ``out_dir/{plane}.npy`` for the three planes and ``out_dir/dicom.json``.
+
+    Args:
+        folder: one exam's DICOM files (any names, any sub-folders).
+        out_dir: where the series go (created).
+        series: series to use, by number or description (the other planes are chosen
+            automatically).
+        size: output image size.
+    Returns:
+        The sidecar written to ``dicom.json``.
+    """
+    if size < 32:
+        raise ValueError(f"size must be at least 32, got {size}")
+    folder, out_dir = Path(folder), Path(out_dir)
+    found, skipped = scan_exam(folder)
+    chosen = choose_series(found, series, str(folder))
+    planes: dict[str, Any] = {}
+    volumes = {}
+    for plane in PLANES:
+        s = chosen[plane]
+        pixels, ordered = read_pixels(s)
+        volumes[plane], resample = to_mrnet(pixels, ordered[0].pixel_spacing, size)
+        positions = [float(h.position @ s.normal) for h in ordered]
+        gaps = np.diff(positions)
+        planes[plane] = {
+            "series_number": s.number, "description": s.description, "series_uid": s.uid,
+            "why": s.reason, "slices": len(ordered),
+            "order": f"by position along the slice normal, {AXIS_ORDER[s.axis]}",
+            "position_mm": [round(positions[0], 2), round(positions[-1], 2)],
+            "slice_spacing_mm": round(float(np.median(gaps)), 3) if len(gaps) else None,
+            "files": [h.path.relative_to(folder).as_posix() for h in ordered],
+            **s.info, **resample}
+    sidecar = {
+        "source": str(folder), "image_size": size, "planes": planes,
+        "ignored": [{"series_number": s.number, "description": s.description,
+                     "reason": s.reason} for s in found if chosen.get(s.plane) is not s],
+        "non_image_files": len(skipped),
+        "intensity": (f"rescale slope/intercept applied, then each series windowed to uint8 "
+                      f"between its {WINDOW_PERCENTILES[0]}th and {WINDOW_PERCENTILES[1]}th "
+                      "percentiles"),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for plane, vol in volumes.items():
+        with atomic_path(out_dir / f"{plane}.npy") as tmp:
+            with tmp.open("wb") as fh:
+                np.save(fh, vol, allow_pickle=False)
+    write_json(out_dir / SIDECAR, sidecar)
+    for plane in PLANES:
+        p = planes[plane]
+        log.info("%s: series %s %r, %d slices (%s) -> %s", plane, p["series_number"],
+                 p["description"], p["slices"], p["why"], out_dir / f"{plane}.npy")
+    return sidecar
+
+
+def is_dicom_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` (or a sub-folder) holds a DICOM Part 10 file ("DICM" at byte 128)."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(128)
+                    if fh.read(4) == b"DICM":
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def import_to_temp(folder: str | Path, size: int = IMAGE_SIZE) -> Path:
+    """Import a DICOM exam into a temporary folder removed when the process exits."""
+    tmp = Path(tempfile.mkdtemp(prefix="mrnet-dicom-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    import_exam(folder, tmp, size=size)
+    return tmp

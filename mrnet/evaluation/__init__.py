@@ -1,0 +1,1 @@
+"""Evaluation on MRNet: metrics with bootstrap intervals, reports and the model card."""
