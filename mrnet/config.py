@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 from mrnet import TASKS
 from mrnet.core.errors import ParamsError
-from mrnet.core.params import DEVICES, PRECISIONS, build, build_sections, load_yaml, merge
+from mrnet.core.params import (at_least, build, build_sections, check_cache_size, check_evaluation,
+                               check_run, count_range, load_yaml, merge, one_of, probability)
 from mrnet.core.weights import BACKBONES, INITS
 
 
@@ -49,11 +50,8 @@ class SynthesizeConfig:
             raise ParamsError(f"{key}.n_train and {key}.n_valid must be at least 4")
         if self.n_train + self.n_valid > 10000:
             raise ParamsError(f"{key}: at most 10000 cases fit 4-digit case ids")
-        if self.image_size < 32:
-            raise ParamsError(f"{key}.image_size must be at least 32, got {self.image_size}")
-        if not 1 <= self.slices_min <= self.slices_max:
-            raise ParamsError(f"{key}: need 1 <= slices_min <= slices_max, "
-                              f"got {self.slices_min}, {self.slices_max}")
+        at_least(f"{key}.image_size", self.image_size, 32)
+        count_range(key, "slices_min", "slices_max", (self.slices_min, self.slices_max))
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,7 @@ class PrepareConfig:
     image_size: int = 64
 
     def check(self, key: str) -> None:
-        # AlexNet's three stride-2 poolings need at least 64 px to leave a 1x1 feature map.
-        if self.image_size < 64:
-            raise ParamsError(f"{key}.image_size must be at least 64, got {self.image_size}")
+        check_cache_size(key, self.image_size)
 
 
 @dataclass(frozen=True)
@@ -80,9 +76,7 @@ class ModelConfig:
     init: str = "default"
 
     def check(self, key: str) -> None:
-        if self.backbone not in BACKBONES:
-            raise ParamsError(f"{key}.backbone must be one of {', '.join(BACKBONES)}, "
-                              f"got {self.backbone!r}")
+        one_of(f"{key}.backbone", self.backbone, BACKBONES)
         if self.slice_pool not in ("max", "mean"):
             raise ParamsError(f"{key}.slice_pool must be 'max' or 'mean', got {self.slice_pool!r}")
         if self.spatial_pool not in ("avg", "max"):
@@ -106,8 +100,7 @@ class AugmentConfig:
     def check(self, key: str) -> None:
         if self.rotation < 0 or self.translation < 0:
             raise ParamsError(f"{key}.rotation and {key}.translation must be >= 0")
-        if not 0.0 <= self.flip <= 1.0:
-            raise ParamsError(f"{key}.flip is a probability, got {self.flip}")
+        probability(f"{key}.flip", self.flip)
 
 
 @dataclass(frozen=True)
@@ -131,18 +124,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def check(self, key: str) -> None:
-        if self.device not in DEVICES:
-            raise ParamsError(f"{key}.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ParamsError(f"{key}.precision must be one of {', '.join(PRECISIONS)}, "
-                              f"got {self.precision!r}")
-        for name in ("epochs", "patience", "exams_per_batch", "processes"):
-            if getattr(self, name) < 1:
-                raise ParamsError(f"{key}.{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ParamsError(f"{key}.lr must be > 0 and {key}.weight_decay >= 0")
-        if not 0.0 < self.lr_factor < 1.0:
-            raise ParamsError(f"{key}.lr_factor must be in (0, 1), got {self.lr_factor}")
+        check_run(key, self, ("epochs", "patience", "exams_per_batch", "processes"))
         self.augment.check(f"{key}.augment")
 
 
@@ -189,10 +171,7 @@ class EvaluateConfig:
     def check(self, key: str) -> None:
         if self.n_errors < 0:
             raise ParamsError(f"{key}.n_errors must be >= 0, got {self.n_errors}")
-        if self.bootstrap < 10:
-            raise ParamsError(f"{key}.bootstrap must be at least 10, got {self.bootstrap}")
-        if not 0.0 < self.ci < 1.0:
-            raise ParamsError(f"{key}.ci must be in (0, 1), got {self.ci}")
+        check_evaluation(key, self.bootstrap, self.ci)
 
 
 @dataclass(frozen=True)
@@ -205,8 +184,7 @@ class ViewerConfig:
     task: str = "acl"
 
     def check(self, key: str) -> None:
-        if self.task not in TASKS:
-            raise ParamsError(f"{key}.task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        one_of(f"{key}.task", self.task, TASKS)
 
 
 @dataclass(frozen=True)
@@ -239,11 +217,8 @@ class KneemriSyntheticConfig:
         if self.exams_per_folder < 3:
             raise ParamsError(f"{key}.exams_per_folder must be at least 3, "
                               f"got {self.exams_per_folder}")
-        if self.image_size < 32:
-            raise ParamsError(f"{key}.image_size must be at least 32, got {self.image_size}")
-        if not 1 <= self.slices_min <= self.slices_max:
-            raise ParamsError(f"{key}: need 1 <= slices_min <= slices_max, "
-                              f"got {self.slices_min}, {self.slices_max}")
+        at_least(f"{key}.image_size", self.image_size, 32)
+        count_range(key, "slices_min", "slices_max", (self.slices_min, self.slices_max))
 
 
 @dataclass(frozen=True)

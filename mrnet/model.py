@@ -16,13 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrnet.core.backbones import (
-    as_input,
-    class_activation_maps,
-    make_backbone,
-    segment_pool,
-    spatial_pool,
-)
+from mrnet.core.backbones import (as_input, class_activation_maps, make_backbone, segment_pool,
+                                  spatial_pool)
 from mrnet.core.errors import UserError
 from mrnet.core.packed import PackedSet
 from mrnet.core.predict import iterate_batches, n_batches, predict

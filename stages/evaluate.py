@@ -36,32 +36,14 @@ from mrnet import PLANES, TASKS
 from mrnet.config import load_params
 from mrnet.core.errors import cli
 from mrnet.core.io import write_json, write_text
-from mrnet.core.plots import (
-    plot_roc,
-    pr_table,
-    read_dvclive_series,
-    reliability_table,
-    roc_table,
-    write_table,
-)
+from mrnet.core.plots import (plot_roc, pr_table, read_dvclive_series, reliability_table,
+                              roc_table, write_table)
 from mrnet.core.stats import reliability
 from mrnet.core.tables import read_probs, rows
-from mrnet.evaluation.metrics import (
-    evaluate_all,
-    headline,
-    largest_errors,
-    metrics_table,
-    operating_point,
-)
-from mrnet.evaluation.report import (
-    DATASET_REPORT,
-    ERRORS_JSON,
-    REPORTS,
-    errors_markdown,
-    metrics_markdown,
-    model_card,
-    read_json,
-)
+from mrnet.evaluation.metrics import (evaluate_all, headline, largest_errors, metrics_table,
+                                      operating_point)
+from mrnet.evaluation.report import (DATASET_REPORT, ERRORS_JSON, REPORTS, errors_markdown,
+                                     metrics_markdown, model_card, read_json)
 
 log = logging.getLogger("stages.evaluate")
 

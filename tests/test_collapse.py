@@ -23,12 +23,8 @@ from mrnet.core.backbones import segment_pool
 from mrnet.core.errors import ParamsError
 from mrnet.core.packed import PackedSet
 from mrnet.core.stats import auc
-from mrnet.core.trainer import (
-    compute_pos_weight,
-    constant_output_loss,
-    output_collapsed,
-    weighted_bce,
-)
+from mrnet.core.trainer import (compute_pos_weight, constant_output_loss, output_collapsed,
+                                weighted_bce)
 from mrnet.model import MRNet, MRNetConfig, exam_logits, normalize
 from mrnet.training.cnn import exam_epoch
 

@@ -10,14 +10,8 @@ import pytest
 
 from mrnet import PLANES, SPLITS, TASKS
 from mrnet.core.errors import DatasetError
-from mrnet.data.reader import (
-    label_csv,
-    list_exams,
-    load_series,
-    read_labels,
-    read_series_header,
-    tune_split,
-)
+from mrnet.data.reader import (label_csv, list_exams, load_series, read_labels, read_series_header,
+                               tune_split)
 
 
 def _csv_rows(path: Path) -> list[tuple[str, int]]:

@@ -12,12 +12,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    JPEGLSLossless,
-    MRImageStorage,
-    generate_uid,
-)
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, generate_uid
 
 from mrnet.data.dicom import DicomError, import_exam, is_dicom_folder, scan_exam
 from mrnet.data.reader import load_series

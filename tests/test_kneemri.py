@@ -19,18 +19,9 @@ from helpers import raw_params
 from mrnet.config import KneemriSyntheticConfig, params_from_dict
 from mrnet.core.errors import DatasetError, ParamsError
 from mrnet.kneemri.prepare import crop_box, prepare_kneemri, preprocess, to_uint8
-from mrnet.kneemri.reader import (
-    COLUMNS,
-    FOLDERS,
-    NumpyUnpickler,
-    UnsafePickleError,
-    labels_table,
-    list_series,
-    load_pickled_array,
-    load_series_volume,
-    read_labels_table,
-    task_labels,
-)
+from mrnet.kneemri.reader import (COLUMNS, FOLDERS, NumpyUnpickler, UnsafePickleError,
+                                  labels_table, list_series, load_pickled_array,
+                                  load_series_volume, read_labels_table, task_labels)
 from mrnet.kneemri.synthetic import generate_kneemri, py2_pickle, render_series
 
 TINY = KneemriSyntheticConfig(seed=0, exams_per_folder=3, image_size=48, slices_min=4,

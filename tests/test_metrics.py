@@ -18,24 +18,10 @@ from mrnet import PLANES, TASKS
 from mrnet.core import stats
 from mrnet.core.errors import UserError
 from mrnet.core.plots import plot_roc, roc_points, roc_table, write_table
-from mrnet.core.stats import (
-    auc,
-    binary_metrics,
-    bootstrap_aucs,
-    bootstrap_ci,
-    brier,
-    expected_calibration_error,
-    reliability,
-    task_seed,
-    youden_threshold,
-)
+from mrnet.core.stats import (auc, binary_metrics, bootstrap_aucs, bootstrap_ci, brier,
+                              expected_calibration_error, reliability, task_seed, youden_threshold)
 from mrnet.core.tables import make_probs, read_probs, rows
-from mrnet.evaluation.metrics import (
-    evaluate_all,
-    evaluate_task,
-    headline,
-    largest_errors,
-)
+from mrnet.evaluation.metrics import evaluate_all, evaluate_task, headline, largest_errors
 
 PROJECT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

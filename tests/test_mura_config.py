@@ -9,13 +9,7 @@ import pytest
 import yaml
 
 from mrnet.core.errors import ParamsError
-from mrnet.mura.config import (
-    ModelConfig,
-    MuraParams,
-    PrepareConfig,
-    load_params,
-    params_from_dict,
-)
+from mrnet.mura.config import ModelConfig, MuraParams, PrepareConfig, load_params, params_from_dict
 
 PROJECT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((PROJECT / "mura" / "params.yaml").read_text())

@@ -10,14 +10,8 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from mrnet.core.stats import percentile_ci
-from mrnet.mura.evaluate import (
-    binary_kappa,
-    bootstrap_kappas,
-    format_table,
-    metrics_json,
-    per_type_table,
-    study_metrics,
-)
+from mrnet.mura.evaluate import (binary_kappa, bootstrap_kappas, format_table, metrics_json,
+                                 per_type_table, study_metrics)
 
 
 @pytest.mark.parametrize("seed", range(5))

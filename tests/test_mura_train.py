@@ -12,13 +12,7 @@ import yaml
 
 from mrnet.core.errors import DatasetError
 from mrnet.mura.config import SynthesizeConfig, params_from_dict
-from mrnet.mura.model import (
-    MuraNet,
-    imagenet_normalize,
-    load_model,
-    study_mean,
-    view_batches,
-)
+from mrnet.mura.model import MuraNet, imagenet_normalize, load_model, study_mean, view_batches
 from mrnet.mura.prepare import load_prepared, prepare, study_set
 from mrnet.mura.synthetic import generate
 from mrnet.mura.train import mura_loss, study_loss_weights, train_mura, type_weights

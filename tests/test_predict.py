@@ -20,15 +20,8 @@ from mrnet.core.packed import PackedSet
 from mrnet.core.tables import read_probs, rows
 from mrnet.data.reader import load_series
 from mrnet.inference.cam import plane_cam
-from mrnet.inference.predict import (
-    Predictor,
-    exam_files,
-    format_report,
-    load_predictor,
-    main,
-    predict_cases,
-    read_input_csv,
-)
+from mrnet.inference.predict import (Predictor, exam_files, format_report, load_predictor, main,
+                                     predict_cases, read_input_csv)
 from mrnet.model import MRNet, MRNetConfig, normalize
 from mrnet.training.cnn import exam_epoch
 

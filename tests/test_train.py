@@ -11,13 +11,8 @@ import torch
 from helpers import tmp_params
 
 from mrnet.core.runtime import use_bf16, wants_channels_last
-from mrnet.core.trainer import (
-    TrainingInterrupted,
-    better,
-    compute_pos_weight,
-    derive_seed,
-    weighted_bce,
-)
+from mrnet.core.trainer import (TrainingInterrupted, better, compute_pos_weight, derive_seed,
+                                weighted_bce)
 from mrnet.data.prepare import prepare_plane
 from mrnet.model import load_checkpoint
 from mrnet.training.cnn import train_model

@@ -17,12 +17,7 @@ from helpers import PROJECT
 
 import mrnet.core.weights
 from mrnet.core.errors import WeightsNotFoundError
-from mrnet.core.weights import (
-    WeightsHashError,
-    expected_prefix,
-    verify_file,
-    weights_record,
-)
+from mrnet.core.weights import WeightsHashError, expected_prefix, verify_file, weights_record
 from mrnet.model import MRNet, MRNetConfig
 
 URL = "https://example.invalid/models/alexnet-test.pth"

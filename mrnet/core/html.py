@@ -10,6 +10,17 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
+# The top of every viewer page, up to its own styles; the page replaces __TITLE__.
+PAGE_HEAD = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>__TITLE__</title>
+<style>
+  body { font-family: system-ui, sans-serif; margin: 16px; background: #111; color: #eee; }
+  h1 { font-size: 20px; margin: 0 0 8px; }
+"""
+
 # Slices larger than this are downscaled for the page (MRNet's are 256 px, so they stay).
 MAX_SLICE_PX = 256
 # CAMs are smooth (3x3 to 15x15 maps upsampled), so a small overlay loses nothing and the

@@ -22,6 +22,62 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+# ---------------------------------------------------------------- checks of one value
+
+def at_least(key: str, value: float, minimum: float) -> None:
+    """``value`` of params key ``key`` is at least ``minimum``."""
+    if value < minimum:
+        raise ParamsError(f"{key} must be at least {minimum}, got {value}")
+
+
+def one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    """``value`` of params key ``key`` is one of ``choices``."""
+    if value not in choices:
+        raise ParamsError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def in_unit_interval(key: str, value: float, what: str = "in (0, 1)") -> None:
+    """``value`` lies strictly between 0 and 1."""
+    if not 0.0 < value < 1.0:
+        raise ParamsError(f"{key} must be {what}, got {value}")
+
+
+def probability(key: str, value: float) -> None:
+    """``value`` lies in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise ParamsError(f"{key} is a probability, got {value}")
+
+
+def count_range(key: str, low: str, high: str, values: tuple[int, int]) -> None:
+    """1 <= the ``low`` count <= the ``high`` count (slices or views per case)."""
+    if not 1 <= values[0] <= values[1]:
+        raise ParamsError(f"{key}: need 1 <= {low} <= {high}, got {values[0]}, {values[1]}")
+
+
+def check_run(key: str, cfg: Any, counts: tuple[str, ...]) -> None:
+    """The keys every dataset's ``train`` section shares: device, precision, the ``counts``
+    (each at least 1), lr, weight_decay and lr_factor."""
+    one_of(f"{key}.device", cfg.device, DEVICES)
+    one_of(f"{key}.precision", cfg.precision, PRECISIONS)
+    for name in counts:
+        at_least(f"{key}.{name}", getattr(cfg, name), 1)
+    if cfg.lr <= 0 or cfg.weight_decay < 0:
+        raise ParamsError(f"{key}.lr must be > 0 and {key}.weight_decay >= 0")
+    in_unit_interval(f"{key}.lr_factor", cfg.lr_factor)
+
+
+def check_cache_size(key: str, image_size: int) -> None:
+    """A training-resolution cache: AlexNet's three stride-2 poolings need at least 64 px to
+    leave a feature map."""
+    at_least(f"{key}.image_size", image_size, 64)
+
+
+def check_evaluation(key: str, bootstrap: int, ci: float) -> None:
+    """Bootstrap resamples and interval coverage of an evaluate section."""
+    at_least(f"{key}.bootstrap", bootstrap, 10)
+    in_unit_interval(f"{key}.ci", ci)
+
+
 def merge(base: dict, over: Mapping) -> dict:
     """``base`` with ``over`` applied, nested mappings merged key by key."""
     out = dict(base)

@@ -410,15 +410,22 @@ PLANE_AXES: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] =
 }
 
 
-def render_plane(knee: Knee, plane: str, n_slices: int, size: int,
-                  rng: np.random.Generator) -> np.ndarray:
-    """Sample ``knee`` as one series of ``plane`` and return it as uint8 (slices, size, size)."""
-    axes, signs = PLANE_AXES[plane]
+def scanner_axes(plane: str, n_slices: int, size: int) -> list[np.ndarray]:
+    """1-D scanner coordinates of each array axis of a ``plane`` series (the grid is
+    separable in the scanner frame)."""
+    _, signs = PLANE_AXES[plane]
     shape = (n_slices, size, size)
     halves = (SLICE_EXTENT[plane], 1.0, 1.0)
-    # 1-D scanner coordinates of each array axis; the grid is separable in the scanner frame.
-    axis_c = [s * axis_coords(n, h) for n, h, s in zip(shape, halves, signs)]
-    scanner = [None, None, None]
+    return [s * axis_coords(n, h) for n, h, s in zip(shape, halves, signs)]
+
+
+def knee_coords(knee: Knee, plane: str, n_slices: int, size: int) -> list[np.ndarray]:
+    """Knee-frame coordinates (x, y, z) of every voxel of a ``plane`` series, each array
+    broadcastable to (n_slices, size, size)."""
+    axes, _ = PLANE_AXES[plane]
+    shape = (n_slices, size, size)
+    axis_c = scanner_axes(plane, n_slices, size)
+    scanner: list = [None, None, None]
     for k, ax in enumerate(axes):
         view = [1, 1, 1]
         view[k] = shape[k]
@@ -426,8 +433,16 @@ def render_plane(knee: Knee, plane: str, n_slices: int, size: int,
     # Knee coordinates of every voxel: q = R^T (p - t) / s.
     rt = knee.rotation.T / knee.scale
     p = [scanner[i] - knee.shift[i] for i in range(3)]
-    q = [(rt[i, 0] * p[0] + rt[i, 1] * p[1] + rt[i, 2] * p[2]).astype(np.float32)
-         for i in range(3)]
+    return [rt[i, 0] * p[0] + rt[i, 1] * p[1] + rt[i, 2] * p[2] for i in range(3)]
+
+
+def render_plane(knee: Knee, plane: str, n_slices: int, size: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Sample ``knee`` as one series of ``plane`` and return it as uint8 (slices, size, size)."""
+    axes, _ = PLANE_AXES[plane]
+    shape = (n_slices, size, size)
+    axis_c = scanner_axes(plane, n_slices, size)
+    q = [c.astype(np.float32) for c in knee_coords(knee, plane, n_slices, size)]
     edge = 2.0 / size / knee.scale  # one pixel, in knee units
     tissue = TISSUE[plane]
     img = np.zeros(shape, np.float32)

@@ -24,18 +24,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-from mrnet.core.stats import (
-    auc,
-    binary_metrics,
-    bootstrap_aucs,
-    brier,
-    expected_calibration_error,
-    percentile_ci,
-    rounded,
-    task_seed,
-    wilson_interval,
-    youden_threshold,
-)
+from mrnet.core.stats import (auc, binary_metrics, bootstrap_aucs, brier,
+                              expected_calibration_error, percentile_ci, rounded, task_seed,
+                              wilson_interval, youden_threshold)
 from mrnet.core.tables import fit_split, join_tables, rows, source
 
 log = logging.getLogger(__name__)

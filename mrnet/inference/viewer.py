@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mrnet import PLANES, TASKS
-from mrnet.core.html import overlay_images, slice_images
+from mrnet.core.html import PAGE_HEAD, overlay_images, slice_images
 from mrnet.core.io import atomic_dir
 from mrnet.inference.cam import PlaneCam, plane_cam
 
@@ -93,15 +93,7 @@ def write_pages(folder: str | Path, pages: Mapping[str, str]) -> None:
             (tmp / f"{name}.html").write_text(text, encoding="utf-8")
 
 
-_TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>__TITLE__</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 16px; background: #111; color: #eee; }
-  h1 { font-size: 20px; margin: 0 0 8px; }
-  .controls { margin: 8px 0 12px; display: flex; gap: 24px; align-items: center; }
+_TEMPLATE = PAGE_HEAD + r"""  .controls { margin: 8px 0 12px; display: flex; gap: 24px; align-items: center; }
   table { border-collapse: collapse; margin-bottom: 12px; font-variant-numeric: tabular-nums; }
   th, td { padding: 3px 10px; text-align: right; border-bottom: 1px solid #333; }
   th:first-child, td:first-child { text-align: left; }

@@ -17,16 +17,8 @@ from mrnet.core.errors import DatasetError
 from mrnet.core.io import atomic_dir, write_json
 from mrnet.core.packed import PackedSet, read_packed, write_packed
 from mrnet.core.stats import sigmoid
-from mrnet.kneemri.reader import (
-    DIAGNOSES,
-    KNEEMRI_SPLITS,
-    KNEEMRI_TASKS,
-    PLANE,
-    SPLIT_FOLDERS,
-    labels_table,
-    list_series,
-    load_series_volume,
-)
+from mrnet.kneemri.reader import (DIAGNOSES, KNEEMRI_SPLITS, KNEEMRI_TASKS, PLANE, SPLIT_FOLDERS,
+                                  labels_table, list_series, load_series_volume)
 from mrnet.model import exam_logits
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from mrnet.config import KneemriSyntheticConfig
 from mrnet.core.io import atomic_dir
-from mrnet.data.synthetic import PLANE_AXES, SLICE_EXTENT, axis_coords, draw_knee, render_plane
+from mrnet.data.synthetic import draw_knee, knee_coords, render_plane
 from mrnet.kneemri.reader import COLUMNS, SPLIT_FOLDERS
 
 log = logging.getLogger(__name__)
@@ -95,19 +95,8 @@ def split_diagnoses(n: int, rng: np.random.Generator) -> np.ndarray:
 def _sagittal_grid(knee, n_slices: int, size: int) -> list[np.ndarray]:
     """Knee-frame coordinates (x, y, z) of every voxel of a sagittal series, as in
     :func:`mrnet.data.synthetic.render_plane`."""
-    axes, signs = PLANE_AXES["sagittal"]
     shape = (n_slices, size, size)
-    halves = (SLICE_EXTENT["sagittal"], 1.0, 1.0)
-    axis_c = [s * axis_coords(n, h) for n, h, s in zip(shape, halves, signs)]
-    scanner: list = [None, None, None]
-    for k, ax in enumerate(axes):
-        view = [1, 1, 1]
-        view[k] = shape[k]
-        scanner[ax] = axis_c[k].reshape(view)
-    rt = knee.rotation.T / knee.scale
-    p = [scanner[i] - knee.shift[i] for i in range(3)]
-    return [np.broadcast_to(rt[i, 0] * p[0] + rt[i, 1] * p[1] + rt[i, 2] * p[2], shape)
-            for i in range(3)]
+    return [np.broadcast_to(c, shape) for c in knee_coords(knee, "sagittal", n_slices, size)]
 
 
 def acl_roi(knee, n_slices: int, size: int) -> tuple[int, int, int, int, int, int]:

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mrnet.core.errors import ParamsError
-from mrnet.core.params import DEVICES, PRECISIONS, build_sections, load_yaml
+from mrnet.core.params import (at_least, build_sections, check_cache_size, check_evaluation,
+                               check_run, count_range, in_unit_interval, load_yaml, one_of,
+                               probability)
 from mrnet.core.weights import BACKBONES, INITS
 
 PARAMS_FILE = "mura/params.yaml"
@@ -49,11 +51,8 @@ class SynthesizeConfig:
         if self.n_train < 7 or self.n_valid < 7:
             raise ParamsError(f"{key}.n_train and {key}.n_valid must be at least 7 "
                               "(one study of each type)")
-        if self.image_size < 32:
-            raise ParamsError(f"{key}.image_size must be at least 32, got {self.image_size}")
-        if not 1 <= self.views_min <= self.views_max:
-            raise ParamsError(f"{key}: need 1 <= views_min <= views_max, "
-                              f"got {self.views_min}, {self.views_max}")
+        at_least(f"{key}.image_size", self.image_size, 32)
+        count_range(key, "views_min", "views_max", (self.views_min, self.views_max))
         if not 0.0 <= self.rgb_fraction <= 1.0:
             raise ParamsError(f"{key}.rgb_fraction must be in [0, 1], got {self.rgb_fraction}")
 
@@ -66,9 +65,7 @@ class PrepareConfig:
     image_size: int = 320
 
     def check(self, key: str) -> None:
-        # AlexNet's three stride-2 poolings need 64 px to leave a feature map.
-        if self.image_size < 64:
-            raise ParamsError(f"{key}.image_size must be at least 64, got {self.image_size}")
+        check_cache_size(key, self.image_size)
 
 
 @dataclass(frozen=True)
@@ -85,14 +82,9 @@ class ModelConfig:
     spatial_pool: str = "avg"
 
     def check(self, key: str) -> None:
-        if self.spatial_pool not in SPATIAL_POOLS:
-            raise ParamsError(f"{key}.spatial_pool must be one of {', '.join(SPATIAL_POOLS)}, "
-                              f"got {self.spatial_pool!r}")
-        if self.backbone not in BACKBONES:
-            raise ParamsError(f"{key}.backbone must be one of {', '.join(BACKBONES)}, "
-                              f"got {self.backbone!r}")
-        if self.init not in INITS:
-            raise ParamsError(f"{key}.init must be one of {', '.join(INITS)}, got {self.init!r}")
+        one_of(f"{key}.spatial_pool", self.spatial_pool, SPATIAL_POOLS)
+        one_of(f"{key}.backbone", self.backbone, BACKBONES)
+        one_of(f"{key}.init", self.init, INITS)
 
 
 @dataclass(frozen=True)
@@ -105,8 +97,7 @@ class AugmentConfig:
     def check(self, key: str) -> None:
         if self.rotation < 0:
             raise ParamsError(f"{key}.rotation must be >= 0, got {self.rotation}")
-        if not 0.0 <= self.flip <= 1.0:
-            raise ParamsError(f"{key}.flip is a probability, got {self.flip}")
+        probability(f"{key}.flip", self.flip)
 
 
 SELECT = ("loss", "auc")
@@ -140,27 +131,11 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def check(self, key: str) -> None:
-        if self.device not in DEVICES:
-            raise ParamsError(f"{key}.device must be one of {', '.join(DEVICES)}, "
-                              f"got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ParamsError(f"{key}.precision must be one of {', '.join(PRECISIONS)}, "
-                              f"got {self.precision!r}")
-        for name in ("epochs", "patience", "views_per_batch"):
-            if getattr(self, name) < 1:
-                raise ParamsError(f"{key}.{name} must be at least 1, got {getattr(self, name)}")
+        check_run(key, self, ("epochs", "patience", "views_per_batch"))
         if self.lr_patience < 0:
             raise ParamsError(f"{key}.lr_patience must be >= 0, got {self.lr_patience}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ParamsError(f"{key}.lr must be > 0 and {key}.weight_decay >= 0")
-        if not 0.0 < self.lr_factor < 1.0:
-            raise ParamsError(f"{key}.lr_factor must be in (0, 1), got {self.lr_factor}")
-        if self.select not in SELECT:
-            raise ParamsError(f"{key}.select must be one of {', '.join(SELECT)}, "
-                              f"got {self.select!r}")
-        if self.loss not in LOSS_LEVELS:
-            raise ParamsError(f"{key}.loss must be one of {', '.join(LOSS_LEVELS)}, "
-                              f"got {self.loss!r}")
+        one_of(f"{key}.select", self.select, SELECT)
+        one_of(f"{key}.loss", self.loss, LOSS_LEVELS)
         self.augment.check(f"{key}.augment")
 
 
@@ -182,12 +157,8 @@ class EvaluateConfig:
     seed: int = 0
 
     def check(self, key: str) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ParamsError(f"{key}.threshold must be in (0, 1), got {self.threshold}")
-        if self.bootstrap < 10:
-            raise ParamsError(f"{key}.bootstrap must be at least 10, got {self.bootstrap}")
-        if not 0.0 < self.ci < 1.0:
-            raise ParamsError(f"{key}.ci must be in (0, 1), got {self.ci}")
+        in_unit_interval(f"{key}.threshold", self.threshold)
+        check_evaluation(key, self.bootstrap, self.ci)
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrnet.core.backbones import (
-    as_input,
-    class_activation_maps,
-    make_backbone,
-    segment_pool,
-    spatial_pool,
-)
+from mrnet.core.backbones import (as_input, class_activation_maps, make_backbone, segment_pool,
+                                  spatial_pool)
 from mrnet.core.errors import UserError
 from mrnet.core.packed import PackedSet, offsets_of
 from mrnet.core.predict import predict

@@ -24,27 +24,12 @@ from mrnet.core.augment import apply_affine, draw_params
 from mrnet.core.errors import DatasetError
 from mrnet.core.packed import PackedSet
 from mrnet.core.runtime import fast_layout, select_device, use_bf16
-from mrnet.core.trainer import (
-    Objective,
-    Step,
-    derive_seed,
-    evaluate,
-    fingerprint,
-    run_training,
-    slices_checksum,
-    train_one_epoch,
-)
+from mrnet.core.trainer import (Objective, Step, derive_seed, evaluate, fingerprint, run_training,
+                                slices_checksum, train_one_epoch)
 from mrnet.mura import STUDY_TYPES
 from mrnet.mura.config import AugmentConfig, MuraParams
-from mrnet.mura.model import (
-    CHECKPOINT,
-    MuraNet,
-    imagenet_normalize,
-    study_mean,
-    study_probs,
-    view_batches,
-    view_inputs,
-)
+from mrnet.mura.model import (CHECKPOINT, MuraNet, imagenet_normalize, study_mean, study_probs,
+                              view_batches, view_inputs)
 from mrnet.mura.prepare import load_prepared, study_set
 
 log = logging.getLogger(__name__)

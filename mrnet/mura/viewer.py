@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mrnet.core.html import MAX_SLICE_PX, overlay_images, slice_images
+from mrnet.core.html import MAX_SLICE_PX, PAGE_HEAD, overlay_images, slice_images
 from mrnet.mura.model import MuraNet, imagenet_normalize
 from mrnet.mura.prepare import resize_view
 
@@ -83,15 +83,7 @@ def study_viewer(model: MuraNet, report: Mapping[str, Any], views: Sequence[np.n
     return render_study_html(report, views, cams, label)
 
 
-_TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>__TITLE__</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 16px; background: #111; color: #eee; }
-  h1 { font-size: 20px; margin: 0 0 8px; }
-  .summary { font-size: 15px; margin-bottom: 6px; }
+_TEMPLATE = PAGE_HEAD + r"""  .summary { font-size: 15px; margin-bottom: 6px; }
   .abnormal { color: #ff7b5c; font-weight: bold; }
   .normal { color: #7bdc7b; font-weight: bold; }
   .note { color: #999; font-size: 12px; }

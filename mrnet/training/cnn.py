@@ -25,20 +25,9 @@ from mrnet.core.packed import PackedSet, join_labels
 from mrnet.core.predict import n_batches
 from mrnet.core.provenance import provenance
 from mrnet.core.runtime import fast_layout, select_device, use_bf16
-from mrnet.core.trainer import (
-    EpochFn,
-    FitState,
-    Objective,
-    Step,
-    compute_pos_weight,
-    derive_seed,
-    evaluate,
-    fingerprint,
-    run_training,
-    slices_checksum,
-    train_one_epoch,
-    weighted_bce,
-)
+from mrnet.core.trainer import (EpochFn, FitState, Objective, Step, compute_pos_weight,
+                                derive_seed, evaluate, fingerprint, run_training, slices_checksum,
+                                train_one_epoch, weighted_bce)
 from mrnet.data.prepare import load_prepared
 from mrnet.data.reader import dataset_fingerprint, label_csv, read_labels, tune_split
 from mrnet.model import MRNet, MRNetConfig, exam_batches, normalize

@@ -14,13 +14,8 @@ from mrnet.config import Params
 from mrnet.core.errors import UserError
 from mrnet.core.io import write_json
 from mrnet.core.provenance import provenance
-from mrnet.core.stats import (
-    binary_metrics,
-    ensemble_probs,
-    finite_or_none,
-    prior_shift,
-    youden_threshold,
-)
+from mrnet.core.stats import (binary_metrics, ensemble_probs, finite_or_none, prior_shift,
+                              youden_threshold)
 from mrnet.core.tables import fit_split, join_tables, make_probs, read_probs, write_probs
 from mrnet.data.reader import dataset_fingerprint
 

@@ -25,19 +25,9 @@ from mrnet.core.provenance import provenance
 from mrnet.core.runtime import fast_layout, select_device, use_bf16
 from mrnet.core.stats import auc, sigmoid
 from mrnet.core.tables import make_probs, write_probs
-from mrnet.core.trainer import (
-    EpochFn,
-    Objective,
-    Step,
-    compute_pos_weight,
-    derive_seed,
-    evaluate,
-    fingerprint,
-    run_training,
-    slices_checksum,
-    train_one_epoch,
-    weighted_bce,
-)
+from mrnet.core.trainer import (EpochFn, Objective, Step, compute_pos_weight, derive_seed,
+                                evaluate, fingerprint, run_training, slices_checksum,
+                                train_one_epoch, weighted_bce)
 from mrnet.data.reader import dataset_fingerprint
 from mrnet.model import MRNetConfig, MultitaskMRNet, normalize
 from mrnet.training.cnn import labels_for, load_exam_set, selection_sets
