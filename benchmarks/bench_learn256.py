@@ -38,8 +38,7 @@ from mrnet.core.runtime import select_device, use_bf16
 from mrnet.core.trainer import constant_output_loss, output_collapsed
 from mrnet.data.prepare import prepare_plane  # noqa: E402
 from mrnet.data.synthetic import generate  # noqa: E402
-from mrnet.model import exam_logits as predict_logits  # noqa: E402
-from mrnet.model import load_checkpoint
+from mrnet.model import exam_logits, load_checkpoint  # noqa: E402
 from mrnet.training.cnn import load_exam_set, train_model
 
 
@@ -133,7 +132,7 @@ def main() -> None:
                               args.task, device)
         train_labels = load_exam_set(params.prepare.out, params.data.root, args.plane, "train",
                                      args.task, torch.device("cpu")).labels.numpy()
-        logits = predict_logits(model, valid, device)
+        logits = exam_logits(model, valid, device)
         flat = constant_output_loss(train_labels)
         losses = np.array([row["train_loss"] for row in history])
         collapsed = output_collapsed(losses, logits, train_labels)

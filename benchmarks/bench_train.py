@@ -7,7 +7,8 @@ times, in one run on one machine:
   ``np.load``s every exam from disk on every access, per-exam affine augmentation, scaling and
   normalisation on the CPU, slices repeated to 3 float32 channels, ``DataLoader(batch_size=1)``,
   one Adam step per exam;
-- ours: :func:`mrnet.core.trainer.train_one_epoch` itself on the prepared uint8 cache
+- ours: :func:`mrnet.training.cnn.exam_epoch` (the core's ``train_one_epoch`` over the
+  pipeline's exam batches) itself on the prepared uint8 cache
   (:func:`mrnet.data.prepare.prepare_split` + :func:`mrnet.training.cnn.load_exam_set`) with packed
   batches, device augmentation and the requested precision.
 
@@ -53,8 +54,7 @@ from mrnet.core.weights import BACKBONES  # noqa: E402
 from mrnet.data.prepare import prepare_split  # noqa: E402
 from mrnet.data.reader import read_labels  # noqa: E402
 from mrnet.model import PIXEL_MEAN, PIXEL_STD, MRNet, MRNetConfig
-from mrnet.training.cnn import exam_epoch as train_one_epoch  # noqa: E402
-from mrnet.training.cnn import load_exam_set  # noqa: E402
+from mrnet.training.cnn import exam_epoch, load_exam_set  # noqa: E402
 
 PLANE, SPLIT, TASK = "sagittal", "train", "acl"
 
@@ -225,7 +225,7 @@ def bench_reference(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def bench_ours(cfg: BenchConfig) -> dict[str, Any]:
-    """Time :func:`mrnet.core.trainer.train_one_epoch` on the prepared cache, as the pipeline runs it."""
+    """Time :func:`mrnet.training.cnn.exam_epoch` on the prepared cache, as the pipeline runs it."""
     device = select_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
     data = load_exam_set(cfg.prepared, cfg.root, PLANE, SPLIT, TASK, device)
@@ -238,7 +238,7 @@ def bench_ours(cfg: BenchConfig) -> dict[str, Any]:
     pw = compute_pos_weight(data.labels.numpy())
     generator = torch.Generator().manual_seed(cfg.seed)
     aug = AugmentConfig(**cfg.augment)
-    times = _timed(lambda: train_one_epoch(net, data, optimizer, pw, cfg.exams_per_batch, aug,
+    times = _timed(lambda: exam_epoch(net, data, optimizer, pw, cfg.exams_per_batch, aug,
                                            generator, device, bf16), len(data), cfg, device)
     return {**times, **_peaks(device)}
 

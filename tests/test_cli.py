@@ -172,6 +172,24 @@ def test_paper_recipe_resolves_to_the_papers_values(tmp_path: Path) -> None:
         recipe["params"]
 
 
+def test_recipe_numbers_are_read_as_dvc_writes_them(tmp_path: Path) -> None:
+    # A recipe saved by hand or by a tool that writes 1e-05 must give a number, as DVC reads
+    # it, not the text YAML 1.1 makes of it.
+    recipe = tmp_path / "fine.yaml"
+    recipe.write_text("name: fine\nversion: 1\nparams:\n  train.lr: 1e-05\n")
+    got = load_recipe(str(recipe), PROJECT)["params"]["train.lr"]
+    assert got == 1e-05 and isinstance(got, float)
+
+
+def test_predict_help_names_the_command_it_was_called_as() -> None:
+    proc = run_mrnet(PROJECT, "predict", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: mrnet predict ")
+    proc = subprocess.run([sys.executable, "-m", "mrnet.inference.predict", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("usage: python -m mrnet.inference.predict ")
+
+
 def test_recipe_key_missing_from_params_is_an_error() -> None:
     raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
     with pytest.raises(ParamsError, match=r"recipe key train\.learning_rate is not in params"):

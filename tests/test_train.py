@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 from helpers import tmp_params
+from PIL import Image
 
-from mrnet.core.runtime import use_bf16, wants_channels_last
+from mrnet.core.errors import UserError
+from mrnet.core.runtime import select_device, use_bf16, wants_channels_last
 from mrnet.core.trainer import (TrainingInterrupted, better, compute_pos_weight, derive_seed,
                                 weighted_bce)
 from mrnet.data.prepare import prepare_plane
@@ -155,3 +157,25 @@ def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(
     # Explicit settings are obeyed whatever the hardware.
     assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
     assert not wants_channels_last(cpu, False)
+
+
+def test_device_error_names_the_key_or_option_asked(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"^--device is 'cuda' but no CUDA device"):
+        select_device("cuda", "--device")
+    with pytest.raises(UserError, match=r"^train\.device of mura/params\.yaml is 'cuda'"):
+        select_device("cuda", "train.device of mura/params.yaml")
+    with pytest.raises(UserError, match=r"^train\.device is 'cuda'"):
+        select_device("cuda")
+    # The MURA command names its own option, not the MRNet params key.
+    from mrnet.mura.predict import main as mura_main
+
+    study = tmp_path / "study1_positive"
+    study.mkdir()
+    Image.fromarray(np.zeros((40, 30), dtype=np.uint8)).save(study / "image1.png")
+    with pytest.raises(SystemExit) as stop:
+        mura_main([str(study), "--device", "cuda", "--model", str(tmp_path / "none.pt")])
+    assert stop.value.code == 2
+    assert "error: --device is 'cuda' but no CUDA device" in capsys.readouterr().err
