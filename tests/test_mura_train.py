@@ -158,3 +158,14 @@ def test_training_is_deterministic_and_keeps_the_lowest_validation_loss(prepared
     assert isinstance(model, MuraNet)
     train_mura(params, live_dir=False)
     assert (prepared / "models" / "model.pt").read_bytes() == first
+
+
+def test_mura_net_is_its_own_module_with_mrnet_key_names() -> None:
+    # MuraNet builds its own backbone and head (no borrowed MRNet constructor, no slice pool it
+    # never uses); its state-dict keys keep the names checkpoints were written with.
+    from mrnet.model import MRNet
+
+    net = MuraNet("alexnet", spatial_pool="max")
+    assert not isinstance(net, MRNet) and not hasattr(net, "config")
+    assert {k.split(".")[0] for k in net.state_dict()} == {"features", "classifier"}
+    assert net.classifier.out_features == 1

@@ -253,6 +253,16 @@ def rounded(value: Any) -> Any:
     return value
 
 
+def logistic(z: float | np.ndarray) -> np.ndarray:
+    """The inverse of :func:`logit` for the fitted ensemble's linear score, in numpy float64.
+
+    The CNNs' probabilities go through :func:`sigmoid`; the ensemble's operating point and
+    probabilities were fitted and stored with this formula, whose last bit can differ from
+    torch's, so it stays as it is: a stored threshold must reproduce to the bit.
+    """
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
 def logit(p: float | np.ndarray) -> float | np.ndarray:
     """log(p / (1 - p))."""
     return np.log(p) - np.log1p(-np.asarray(p, dtype=float))
@@ -287,7 +297,7 @@ def with_prevalence(model: Mapping, target: float | None) -> dict:
     op = out["operating_point"]
     if op["threshold"] is not None:
         z = float(logit(op["threshold"])) - float(model["logit_shift"]) + shift
-        op["threshold"] = float(sigmoid(z))
+        op["threshold"] = float(logistic(z))
     out.update(target_prevalence=target, logit_shift=shift)
     return out
 
@@ -297,6 +307,6 @@ def ensemble_probs(model: Mapping, features: np.ndarray) -> np.ndarray:
     coef = np.array([model["coef"][p] for p in model["planes"]], dtype=float)
     z = (np.asarray(features, dtype=float) @ coef + float(model["intercept"])
          + float(model.get("logit_shift", 0.0)))
-    return sigmoid(z)
+    return logistic(z)
 
 

@@ -26,7 +26,7 @@ def main() -> None:
         log.info("kneemri.enabled is false: skipped, wrote %s",
                  write_off_note(out, "the KneeMRI validation and cache"))
         return
-    from mrnet.kneemri.reader import prepare_kneemri
+    from mrnet.kneemri.prepare import prepare_kneemri
 
     log.info("kneemri_prepare: root=%s (%s) crop=%s roi_scale=%s image_size=%d -> %s",
              cfg.root, Path(cfg.root).resolve(), cfg.crop, cfg.roi_scale,
