@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
 import stat
 import subprocess
@@ -18,7 +19,7 @@ from helpers import PROJECT
 from test_dicom import AXIAL, CORONAL, SAGITTAL, write_exam
 
 from mrnet.config import load_params
-from mrnet.core.errors import ParamsError
+from mrnet.core.errors import DatasetError, ParamsError
 from mrnet.core.io import atomic_dir, write_text
 from mrnet.core.params import parse_yaml
 from mrnet.data.dicom import DicomError, import_exam
@@ -506,3 +507,102 @@ def test_dicom_errors_leave_an_earlier_import_and_exit_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "RescaleSlope nan" in err[0]
     assert snapshot(out) == before
+
+
+# ---------------------------------------------------------------- KneeMRI pickles and metadata
+
+
+@pytest.mark.parametrize("protocol", range(6))
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.int32, ">i2"])
+def test_numpy_pickles_of_every_protocol_load(tmp_path: Path, protocol: int, dtype) -> None:
+    from mrnet.kneemri.reader import load_pickled_array
+
+    arr = (np.arange(2 * 5 * 7) * 37 % 4096).astype(dtype).reshape(2, 5, 7)
+    path = tmp_path / "re-saved.pck"
+    data = pickle.dumps(arr, protocol=protocol)
+    path.write_bytes(data)
+    out = load_pickled_array(path)
+    # What pickle.loads itself gives (numpy returns '>i2' data as native int16).
+    assert out.dtype == pickle.loads(data).dtype  # noqa: S301 (our own pickle)
+    assert np.array_equal(out, arr)
+    fortran = np.asfortranarray(arr)
+    path.write_bytes(pickle.dumps(fortran, protocol=protocol))
+    assert np.array_equal(load_pickled_array(path), arr)
+
+
+def _pickle_int(n: int) -> bytes:
+    return b"J" + n.to_bytes(4, "little", signed=True)
+
+
+# Hand-written pickles that stay inside the allowed globals but ask for an array of any size.
+BARE_NDARRAY = (b"cnumpy\nndarray\n((" + _pickle_int(1000) + _pickle_int(1024)
+                + _pickle_int(1024) + b"ttR.")
+BIG_RECONSTRUCT = (b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n("
+                   + _pickle_int(1000) + _pickle_int(1024) + _pickle_int(1024)
+                   + b"tC\x01btR.")
+
+
+def _frombuffer_pickle(nbytes: int, shape: tuple[int, ...], dtype: str = "u1") -> bytes:
+    shape_ops = b"".join(_pickle_int(n) for n in shape)
+    return (b"cnumpy._core.numeric\n_frombuffer\n(C" + bytes([nbytes]) + bytes(nbytes)
+            + b"cnumpy\ndtype\n(X" + len(dtype).to_bytes(4, "little") + dtype.encode()
+            + b"\x89\x88tR(" + shape_ops + b"tX\x01\x00\x00\x00CtR.")
+
+
+def _setstate_pickle(nbytes: int, shape: tuple[int, ...]) -> bytes:
+    shape_ops = b"".join(_pickle_int(n) for n in shape)
+    return (BIG_RECONSTRUCT.replace(b"(" + _pickle_int(1000) + _pickle_int(1024)
+                                    + _pickle_int(1024) + b"t", b"(" + _pickle_int(0) + b"t")
+            [:-1] + b"(" + _pickle_int(1) + b"(" + shape_ops + b"tcnumpy\ndtype\n(X\x02\x00\x00"
+            b"\x00u1\x89\x88tR\x89C" + bytes([nbytes]) + bytes(nbytes) + b"tb.")
+
+
+@pytest.mark.parametrize("data, match", [
+    (BARE_NDARRAY, r"refused a bare numpy\.ndarray construction"),
+    (BIG_RECONSTRUCT, r"refused _reconstruct\(.*\(1000, 1024, 1024\)\)"),
+    (_frombuffer_pickle(16, (1000, 1024, 1024)), r"refused an array of shape \(1000, 1024, "
+                                                 r"1024\) \(uint8\) from 16 bytes of data"),
+    (_frombuffer_pickle(16, (4, 4), "O"), r"refused an array of dtype object"),
+    (_setstate_pickle(16, (1000, 1024, 1024)), r"not a readable pickled numpy array \(ValueError"),
+])
+def test_pickles_that_claim_more_than_their_bytes_are_refused(tmp_path: Path, data: bytes,
+                                                              match: str) -> None:
+    import tracemalloc
+
+    from mrnet.kneemri.reader import load_pickled_array
+
+    path = tmp_path / "vol01" / "1-1.pck"
+    path.parent.mkdir()
+    path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}: {match}") as info:
+            load_pickled_array(path)
+        assert tracemalloc.get_traced_memory()[1] < 50 * 2**20  # nothing of 1 GiB was made
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(info.value)
+
+
+def test_hand_written_pickles_are_well_formed(tmp_path: Path) -> None:
+    # The hostile pickles above differ from sound ones only in the sizes they claim.
+    from mrnet.kneemri.reader import load_pickled_array
+
+    path = tmp_path / "a.pck"
+    path.write_bytes(_frombuffer_pickle(16, (4, 4)))
+    assert load_pickled_array(path).shape == (4, 4)
+    path.write_bytes(_setstate_pickle(12, (3, 4)))
+    assert load_pickled_array(path).shape == (3, 4)
+
+
+@pytest.mark.parametrize("value", ["--1", "²", "1.5", "+-2", "٣", " "])
+def test_metadata_integer_errors_name_the_line(tmp_path: Path, value: str) -> None:
+    from mrnet.kneemri.reader import COLUMNS, read_metadata
+
+    good = ["1", "1", "0", "0", "10", "10", "2", "20", "20", "3", "1-1.pck"]
+    lines = [",".join(COLUMNS), ",".join(good),
+             ",".join(["2", *good[1:4], value, *good[5:10], "2-1.pck"])]
+    (tmp_path / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(tmp_path / 'metadata.csv'))}:3: "
+                                           r"(roiX must be an integer|.*empty)"):
+        read_metadata(tmp_path)
