@@ -606,3 +606,66 @@ def test_metadata_integer_errors_name_the_line(tmp_path: Path, value: str) -> No
     with pytest.raises(DatasetError, match=rf"^{re.escape(str(tmp_path / 'metadata.csv'))}:3: "
                                            r"(roiX must be an integer|.*empty)"):
         read_metadata(tmp_path)
+
+
+# ---------------------------------------------------------------- MURA image bombs
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return (len(data).to_bytes(4, "big") + kind + data
+            + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` grey pixels, with one row of data."""
+    import zlib
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
+            + _chunk(b"IDAT", zlib.compress(bytes(width + 1))) + _chunk(b"IEND", b""))
+
+
+def _ztxt_bomb(tmp_path: Path) -> bytes:
+    import zlib
+
+    from PIL import Image
+
+    Image.fromarray(np.full((16, 16), 128, np.uint8)).save(tmp_path / "ok.png")
+    good = (tmp_path / "ok.png").read_bytes()
+    at = 8 + 25  # after the signature and IHDR
+    bomb = _chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(bytes(64 * 2**20), 9))
+    return good[:at] + bomb + good[at:]
+
+
+@pytest.mark.parametrize("kind", ["30000x30000", "9000x8000", "ztxt"])
+def test_mura_image_bombs_are_refused_naming_the_file(tmp_path: Path, kind: str) -> None:
+    import tracemalloc
+    import warnings
+
+    from mrnet.mura.data import image_info, load_view
+
+    path = tmp_path / "image1.png"
+    if kind == "ztxt":
+        path.write_bytes(_ztxt_bomb(tmp_path))
+        match = r"not a readable PNG image \(.*(Too Large|too large)"
+    else:
+        w, h = (int(v) for v in kind.split("x"))
+        path.write_bytes(_png_header_claiming(w, h))
+        # Past twice PIL's own limit PIL refuses it first; below that, our limit names the size.
+        match = r"a PNG of more pixels than a radiograph can have, refused as a decompression bomb"
+        if w * h < 2 * 89478485:
+            match = rf"a PNG of {w} x {h} pixels, more than the {2**26} a radiograph can have"
+    for read in (image_info, load_view):
+        tracemalloc.start()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no DecompressionBombWarning either
+                with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}: {match}") \
+                        as info:
+                    read(path)
+            assert tracemalloc.get_traced_memory()[1] < 100 * 2**20
+        finally:
+            tracemalloc.stop()
+        assert "\n" not in str(info.value)
