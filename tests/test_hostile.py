@@ -461,8 +461,9 @@ def test_a_non_finite_orientation_leaves_no_usable_series(tmp_path: Path) -> Non
     folder = fresh_exam(tmp_path)
     victim = slices_of(folder, 7)[0]
     set_tags(victim, ImageOrientationPatient=["nan", 0, 0, 0, 1, 0])
-    refused(folder, tmp_path / "out", rf"no usable axial series .*series 7 'AX PD' "
-                                      rf"\(ImageOrientationPatient is not finite in {victim.name}\)")
+    refused(folder, tmp_path / "out",
+            rf"no usable axial series .*series 7 'AX PD' "
+            rf"\(ImageOrientationPatient is not finite in {victim.name}\)")
 
 
 @pytest.mark.parametrize("tag, value, match", [
