@@ -29,11 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 from mrnet.cli import apply_overrides, load_recipe  # noqa: E402
 from mrnet.config import SynthesizeConfig, params_from_dict  # noqa: E402
 from mrnet.core.errors import UserError  # noqa: E402
+from mrnet.core.params import load_yaml  # noqa: E402
 from mrnet.core.runtime import select_device, use_bf16
 from mrnet.core.trainer import constant_output_loss, output_collapsed
 from mrnet.data.prepare import prepare_plane  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = load_yaml(ROOT / "params.yaml")
     pairs: dict = {}
     name = "params.yaml only"
     if args.recipe != "none":

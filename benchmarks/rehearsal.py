@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
 if str(PROJECT) not in sys.path:  # run as a script from anywhere without an install
     sys.path.insert(0, str(PROJECT))
 
 from mrnet import PLANES, SPLITS, TASKS  # noqa: E402
+from mrnet.core.params import load_yaml  # noqa: E402
 from mrnet.data.synthetic import draw_labels  # noqa: E402
 
 MRNET_VALID_START = 1130
@@ -158,7 +158,7 @@ def folder_bytes(folder: Path) -> int:
 def train_params(params_file: Path, root: Path, work: Path, size: int,
                  exams_per_batch: int | None, precision: str | None) -> dict:
     """params.yaml with the data, caches and models in ``work`` and one epoch of training."""
-    raw = copy.deepcopy(yaml.safe_load(params_file.read_text()))
+    raw = copy.deepcopy(load_yaml(params_file))
     raw["data"]["root"] = str(root)
     raw["prepare"].update(out=str(work / "prepared"), image_size=size)
     raw["train"].update(out=str(work / "models"), epochs=1, processes=1)

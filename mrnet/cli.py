@@ -207,7 +207,7 @@ def override_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         text = repr(value)
-        # "1e-05" is text to YAML 1.1 (PyYAML, params.yaml's reader); "1.0e-05" is a number.
+        # "1e-05" is text to a YAML 1.1 reader (PyYAML); "1.0e-05" is a number to every reader.
         return text.replace("e", ".0e", 1) if "e" in text and "." not in text else text
     if isinstance(value, (int, str)):
         return str(value)

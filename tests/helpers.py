@@ -6,10 +6,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mrnet import PLANES, TASKS
 from mrnet.config import Params, SynthesizeConfig, params_from_dict
+from mrnet.core.params import load_yaml
 from mrnet.data.prepare import prepare_plane
 from mrnet.data.synthetic import generate
 from mrnet.training.cnn import train_model
@@ -20,8 +19,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 def raw_params() -> dict[str, Any]:
-    """The project's params.yaml as a dict."""
-    return yaml.safe_load((PROJECT / "params.yaml").read_text())
+    """The project's params.yaml as a dict, read as the project and DVC read it."""
+    return load_yaml(PROJECT / "params.yaml")
 
 
 def tmp_params(tmp: Path, root: Path, **sections: dict[str, Any]) -> Params:

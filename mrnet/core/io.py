@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -13,9 +14,29 @@ from typing import Any, Iterator
 from mrnet.core.errors import ParamsError
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: Path) -> int:
+    """The permission bits ``path`` gets when it is written: those of the file it replaces,
+    else what ``open()`` would give a new file (0666 less the umask)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    The file keeps the mode of the one it replaces, or gets the umask's mode when new
+    (``mkstemp`` alone would leave every output 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,6 +44,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, new_file_mode(path))
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -36,14 +58,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     The folder is renamed onto ``path`` only when the block finishes, so a killed or failed
     run leaves the previous folder (or none) and never a half-written one; files that the new
     folder no longer holds do not linger.
+
+    Raises:
+        NotADirectoryError: ``path`` exists and is not a folder (before anything is written).
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     old = path.parent / f".{path.name}.old-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    if path.is_dir():  # the new folder keeps the old one's permissions
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
     try:
         yield tmp
         if path.exists():

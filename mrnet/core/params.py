@@ -2,19 +2,19 @@
 
 A params file is the single source of truth. An unknown key, a missing key or a value of the
 wrong type is a :class:`ParamsError` naming the key, never a silent default. Every params and
-recipe file is read with :func:`load_yaml`, so all of them read numbers as DVC does.
+recipe file is read with :func:`load_yaml`, which parses YAML exactly as DVC does (ruamel.yaml's
+safe loader, YAML 1.2), so the project and ``dvc params diff`` never see different values in one
+file.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import re
+import math
 import typing
 from pathlib import Path
 from typing import Any, Mapping
-
-import yaml
 
 from mrnet.core.errors import ParamsError
 
@@ -102,6 +102,9 @@ def check_type(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"params key {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            # .nan passes every `<`/`>` range check, so it would reach training unnoticed.
+            raise ParamsError(f"params key {key} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -147,32 +150,54 @@ def build(cls: type, raw: Any, key: str) -> Any:
     return cls(**kwargs)
 
 
-class ParamsLoader(yaml.SafeLoader):
-    """YAML 1.1 (PyYAML) reads ``1e-05`` as text; ``dvc exp run -S train.lr=1e-5`` writes
-    floats that way, and YAML 1.2 (DVC's reader) takes them as numbers, so this one does too."""
+def parse_yaml(text: str, source: str, error: type[Exception] = ParamsError) -> Any:
+    """``text`` parsed as DVC parses params files: ruamel.yaml's safe loader, YAML 1.2.
 
+    So ``010`` is 10 (not octal 8), ``1e-5`` is a number, ``no``/``on``/``yes`` are strings
+    (a bool key wants ``true`` or ``false``), and a key given twice in one mapping is an error
+    -- DVC refuses such a file too.
 
-ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    Raises:
+        ``error``: ``source`` is not valid YAML or repeats a key (named, with its line).
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    try:
+        return YAML(typ="safe").load(text)  # the very call DVC makes
+    except DuplicateKeyError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else "?"
+        first = exc.context_mark.line + 1 if exc.context_mark is not None else "?"
+        key = exc.problem.split('"')[1] if exc.problem and '"' in exc.problem else "?"
+        raise error(f"{source}:{line}: duplicate key {key!r} in the mapping that starts at "
+                    f"line {first}; keep one (DVC refuses the file too)") from None
+    except MarkedYAMLError as exc:
+        where = f":{exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
+        what = " ".join(str(exc.problem or exc).split())
+        raise error(f"{source}{where}: not valid YAML ({what})") from None
+    except YAMLError as exc:
+        raise error(f"{source}: not valid YAML ({' '.join(str(exc).split())})") from None
 
 
 def load_yaml(path: str | Path, missing_hint: str = "",
               error: type[Exception] = ParamsError) -> Any:
-    """Read a params or recipe file with :class:`ParamsLoader`.
+    """Read a params or recipe file with :func:`parse_yaml`.
 
     Raises:
         ``error`` (a :class:`ParamsError` by default): the file is missing (with
-        ``missing_hint`` appended) or is not valid YAML.
+        ``missing_hint`` appended), cannot be read as UTF-8 text, is not valid YAML or
+        repeats a key.
     """
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {'params file' if error is ParamsError else 'file'} not found"
                     + (f" ({missing_hint})" if missing_hint else ""))
     try:
-        return yaml.load(path.read_text(), Loader=ParamsLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML ({exc})") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    return parse_yaml(text, str(path), error)
 
 
 def build_sections(raw: Any, sections: Mapping[str, type], source: str,

@@ -25,9 +25,14 @@ series with most slices), and turns each chosen series into an MRNet ``.npy``:
   range anyway.
 
 ``OUT_DIR/{axial,coronal,sagittal}.npy`` and ``OUT_DIR/dicom.json`` (what was chosen and why,
-what was ignored and why) are written atomically. Any problem a user can meet (missing plane,
+what was ignored and why) are swapped in together, as one folder: a failed or killed import
+leaves the earlier import whole. OUT_DIR may be new, empty or an earlier import; a folder
+holding anything else is refused rather than replaced. Any problem a user can meet (missing plane,
 several studies, compressed pixel data without a decoder) is a :class:`DicomError` naming the
-series or file.
+series or file, and so is anything that would make a volume that is not the exam: a file that
+cannot be read or is cut short, a gap or irregular spacing in the chosen series, NaN or inf
+in its geometry or rescale, a zero or negative pixel spacing, a matrix too large to allocate
+(checked on the headers, before allocating).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import numpy as np
 
 from mrnet import PLANES
 from mrnet.core.errors import UserError
-from mrnet.core.io import atomic_path, write_json
+from mrnet.core.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,14 @@ AXIS_ORDER = {0: "right to left", 1: "anterior to posterior", 2: "foot to head"}
 PREFERRED_CONTRAST = {"sagittal": "T2", "coronal": "T1", "axial": "PD"}
 LOCALIZER_WORDS = re.compile(r"\b(loc|localizer|localiser|scout|survey|3[- ]?plane)\b", re.I)
 SIDECAR = "dicom.json"
+# Larger than any MR matrix; a header claiming more is damaged or hostile, and is refused
+# before memory is allocated for it (float32 working copy).
+MAX_MATRIX = 4096
+MAX_VOXELS = 2**28
+# Slice spacing may differ from the series' median by this fraction (or SPACING_ABS_MM,
+# whichever is larger) -- rounding in the headers -- before it counts as a gap.
+SPACING_TOLERANCE = 0.1
+SPACING_ABS_MM = 0.1
 
 
 class DicomError(UserError):
@@ -81,6 +94,8 @@ class SliceHeader:
     rows: int
     cols: int
     pixel_spacing: tuple[float, float]  # (between rows, between columns) mm
+    spacing_given: bool = True  # False: no PixelSpacing, square 1 mm pixels assumed
+    defect: str = ""  # why this slice cannot be part of an exam (empty: none)
 
 
 @dataclass
@@ -96,6 +111,9 @@ class Series:
     normal: np.ndarray | None = None
     axis: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # A usable plane, but slices that would make a wrong volume (a gap, NaN geometry, ...):
+    # importing it is an error, and the message says so.
+    defect: str = ""
 
     def label(self) -> str:
         num = "?" if self.number is None else str(self.number)
@@ -116,23 +134,78 @@ def _floats(ds: Any, name: str, n: int) -> np.ndarray | None:
     return arr if arr.shape == (n,) else None
 
 
+def _is_part10(path: Path) -> bool:
+    """Whether ``path`` starts as a DICOM Part 10 file ("DICM" at byte 128)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+
+
 def read_header(path: Path) -> SliceHeader | None:
     """The header of one file; None when it is not a DICOM image (DICOMDIR, reports, other
-    files)."""
+    files).
+
+    Raises:
+        DicomError: a DICOM file that cannot be read, or an image file missing what every
+            image has (its matrix size, series, pixel data): a file cut short is named, never
+            skipped, so a series is never written without one of its slices.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    part10 = _is_part10(path)
+    damaged = (f"re-export the exam, or remove {path.name} from the folder if it is not part "
+               "of it")
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError):
+        # defer_size: large values (the pixels) are not loaded, only seen to be there.
+        ds = pydicom.dcmread(path, defer_size="64 KB")
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError,
+            KeyError, IndexError, OverflowError) as exc:
+        if part10:
+            raise DicomError(f"{path}: a DICOM file that cannot be read ({_first_line(exc)}); "
+                             f"it may be cut short -- {damaged}") from None
         return None
-    if "Rows" not in ds or "Columns" not in ds or "SeriesInstanceUID" not in ds:
-        return None
+    meta = getattr(ds, "file_meta", None)
+    sop = (meta.get("MediaStorageSOPClassUID") if meta is not None else None) \
+        or ds.get("SOPClassUID")
+    image = "Image Storage" in str(getattr(sop, "name", ""))
+    if part10 and sop is None:
+        raise DicomError(f"{path}: a DICOM file without its SOP class (cut short in its "
+                         f"header?); {damaged}")
+    if not image and "Rows" not in ds:
+        return None  # a DICOMDIR, a report, a presentation state
+    missing = [k for k in ("Rows", "Columns", "SeriesInstanceUID", "PixelData") if k not in ds]
+    if missing:
+        raise DicomError(f"{path}: a {getattr(sop, 'name', 'DICOM image')} file without "
+                         f"{', '.join(missing)} (cut short?); {damaged}")
     try:
         number = int(ds.get("SeriesNumber"))
     except (TypeError, ValueError):
         number = None
+    defect = ""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except (TypeError, ValueError):
+        rows, cols = 0, 0
+    if not (0 < rows <= MAX_MATRIX and 0 < cols <= MAX_MATRIX):
+        defect = (f"a matrix of {ds.get('Rows')} x {ds.get('Columns')} (Rows x Columns; at most "
+                  f"{MAX_MATRIX} x {MAX_MATRIX} is read)")
     spacing = _floats(ds, "PixelSpacing", 2)
+    given = "PixelSpacing" in ds
+    if given and (spacing is None or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0)):
+        defect = defect or (f"PixelSpacing {ds.get('PixelSpacing')!s} (needs two positive "
+                            "numbers, mm)")
+        spacing = None
+    position = _floats(ds, "ImagePositionPatient", 3)
+    if position is not None and not np.all(np.isfinite(position)):
+        defect = defect or f"ImagePositionPatient {position.tolist()} is not finite"
     return SliceHeader(
         path=path, study_uid=str(ds.get("StudyInstanceUID", "")),
         series_uid=str(ds.SeriesInstanceUID),
@@ -140,9 +213,10 @@ def read_header(path: Path) -> SliceHeader | None:
         description=str(ds.get("SeriesDescription", "")).strip(),
         image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
         orientation=_floats(ds, "ImageOrientationPatient", 6),
-        position=_floats(ds, "ImagePositionPatient", 3),
-        rows=int(ds.Rows), cols=int(ds.Columns),
-        pixel_spacing=(1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1])))
+        position=position,
+        rows=rows, cols=cols,
+        pixel_spacing=(1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1])),
+        spacing_given=given, defect=defect)
 
 
 def scan_exam(folder: str | Path) -> tuple[list[Series], list[Path]]:
@@ -194,6 +268,10 @@ def classify(series: Series) -> Series:
     if any(h.orientation is None or h.position is None for h in series.slices):
         series.reason = "no ImageOrientationPatient/ImagePositionPatient"
         return series
+    bad = next((h for h in series.slices if not np.all(np.isfinite(h.orientation))), None)
+    if bad is not None:
+        series.reason = f"ImageOrientationPatient is not finite in {bad.path.name}"
+        return series
     normals = np.array([np.cross(h.orientation[:3], h.orientation[3:]) for h in series.slices])
     lengths = np.linalg.norm(normals, axis=1)
     if lengths.min() < 0.5:
@@ -213,14 +291,38 @@ def classify(series: Series) -> Series:
     axis = int(np.argmax(np.abs(normal)))
     # Along the patient axis, whichever way the scanner's normal points.
     normal = normal * np.sign(normal[axis])
-    positions = np.array([h.position @ normal for h in series.slices])
+    series.plane, series.normal, series.axis = PLANE_OF_AXIS[axis], normal, axis
+    series.info["obliquity_deg"] = round(float(np.degrees(np.arccos(min(1.0, normal[axis])))), 1)
+    flawed = next((h for h in series.slices if h.defect), None)
+    if flawed is not None:
+        series.defect = f"{flawed.path.name} has {flawed.defect}"
+        return series
+    if len({h.pixel_spacing for h in series.slices}) > 1:
+        series.defect = "its slices have different PixelSpacing"
+        return series
+    voxels = len(series.slices) * first.rows * first.cols
+    if voxels > MAX_VOXELS:
+        series.defect = (f"{len(series.slices)} slices of {first.rows} x {first.cols}, more "
+                         f"than the {MAX_VOXELS} voxels read")
+        return series
+    ordered = sorted(series.slices, key=lambda h: float(h.position @ normal))
+    positions = np.array([h.position @ normal for h in ordered])
     distinct = len(np.unique(np.round(positions, 2)))
     if distinct != len(positions):
+        series.plane = series.normal = series.axis = None
         series.reason = (f"{len(positions)} images at {distinct} positions (several echoes "
                          "or repeats in one series)")
         return series
-    series.plane, series.normal, series.axis = PLANE_OF_AXIS[axis], normal, axis
-    series.info["obliquity_deg"] = round(float(np.degrees(np.arccos(min(1.0, normal[axis])))), 1)
+    gaps = np.diff(positions)
+    step = float(np.percentile(gaps, 50, method="lower"))  # a missing slice cannot move it
+    worst = int(np.argmax(np.abs(gaps - step)))
+    if abs(gaps[worst] - step) > max(SPACING_ABS_MM, SPACING_TOLERANCE * step):
+        missing = f", {round(gaps[worst] / step) - 1} slice(s) missing?" \
+            if gaps[worst] > 1.5 * step else ""
+        series.defect = (f"a spacing of {gaps[worst]:.2f} mm between {ordered[worst].path.name} "
+                         f"and {ordered[worst + 1].path.name} (at {positions[worst]:.2f} and "
+                         f"{positions[worst + 1]:.2f} mm) where the series' spacing is "
+                         f"{step:.2f} mm{missing}")
     return series
 
 
@@ -286,6 +388,14 @@ def choose_series(series: list[Series], requests: Sequence[str] = (),
     for s in series:
         if s.plane is not None and chosen.get(s.plane) is not s:
             s.reason = f"another {s.plane} series was chosen"
+    for plane in PLANES:
+        s = chosen[plane]
+        if s.defect:
+            others = [o.label() for o in series if o.plane == plane and o is not s
+                      and not o.defect]
+            hint = (f"choose another {plane} series with --series ({'; '.join(others)})"
+                    if others else "re-export the series")
+            raise DicomError(f"{source}: {s.label()} ({plane}): {s.defect}; {hint}")
     return chosen
 
 
@@ -307,20 +417,25 @@ def read_pixels(series: Series) -> tuple[np.ndarray, list[SliceHeader]]:
     slopes, intercepts = set(), set()
     for i, h in enumerate(ordered):
         ds = pydicom.dcmread(h.path)
+        slope, intercept = _rescale(ds, h.path, series)
         try:
             pixels = ds.pixel_array
-        except (RuntimeError, NotImplementedError, ValueError, AttributeError) as exc:
+        except (RuntimeError, NotImplementedError, ValueError, AttributeError, KeyError,
+                EOFError) as exc:
             syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             name = getattr(syntax, "name", None) or str(syntax)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise DicomError(f"{h.path}: cannot decode the pixel data of {series.label()} "
-                             f"(transfer syntax {name}: {first}); install a decoder for it "
-                             "(e.g. pylibjpeg or gdcm) or export uncompressed") from None
-        if pixels.ndim != 2:
+            text = " ".join(str(exc).split())
+            if "missing dependencies" in text or "No pixel data decoders" in text:
+                raise DicomError(f"{h.path}: cannot decode the pixel data of {series.label()} "
+                                 f"(transfer syntax {name}: {_first_line(exc)}); install a "
+                                 "decoder for it (e.g. pylibjpeg or gdcm) or export "
+                                 "uncompressed") from None
+            raise DicomError(f"{h.path}: the pixel data of {series.label()} is damaged or cut "
+                             f"short (transfer syntax {name}: {text[:200]}); re-export the "
+                             "series") from None
+        if pixels.shape != (h.rows, h.cols):
             raise DicomError(f"{h.path}: pixel data of shape {pixels.shape} in {series.label()};"
-                             " expected one grey image per file")
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+                             f" expected one grey image of {h.rows} x {h.cols} per file")
         slopes.add(slope)
         intercepts.add(intercept)
         value = pixels.astype(np.float32) * slope + intercept
@@ -330,6 +445,26 @@ def read_pixels(series: Series) -> tuple[np.ndarray, list[SliceHeader]]:
     series.info["rescale_slope"] = sorted(slopes)
     series.info["rescale_intercept"] = sorted(intercepts)
     return out, ordered
+
+
+def _rescale(ds: Any, path: Path, series: Series) -> tuple[float, float]:
+    """A file's RescaleSlope and RescaleIntercept, checked to give a real image."""
+    values = []
+    for name, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        raw = ds.get(name)
+        try:
+            value = default if raw is None or str(raw).strip() == "" else float(raw)
+        except (TypeError, ValueError):
+            raise DicomError(f"{path}: {name} {raw!s} in {series.label()} is not a number; "
+                             "re-export the series") from None
+        if not np.isfinite(value):
+            raise DicomError(f"{path}: {name} {raw!s} in {series.label()} is not finite; "
+                             "re-export the series")
+        values.append(value)
+    if values[0] == 0:
+        raise DicomError(f"{path}: RescaleSlope 0 in {series.label()} would make every pixel "
+                         f"{values[1]}; re-export the series")
+    return values[0], values[1]
 
 
 def to_mrnet(volume: np.ndarray, pixel_spacing: tuple[float, float],
@@ -364,6 +499,31 @@ def to_mrnet(volume: np.ndarray, pixel_spacing: tuple[float, float],
 # ---------------------------------------------------------------- the import
 
 
+OUTPUTS = frozenset({*(f"{p}.npy" for p in PLANES), SIDECAR})
+
+
+def check_out_dir(out_dir: Path, folder: Path) -> None:
+    """Refuse an output folder whose replacement would lose anything but an earlier import.
+
+    Raises:
+        DicomError: ``out_dir`` is a file, is or holds the exam folder, or holds anything
+            other than the three series and ``dicom.json``.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DicomError(f"{out_dir}: exists and is not a folder; OUT_DIR is the folder the "
+                         f"three series and {SIDECAR} go to")
+    resolved = out_dir.resolve()
+    if folder.exists() and (resolved == folder.resolve() or resolved in folder.resolve().parents):
+        raise DicomError(f"{out_dir}: is the exam folder {folder} or holds it; the import "
+                         "replaces OUT_DIR whole, so give a folder of its own")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUTS)
+        if foreign:
+            raise DicomError(f"{out_dir}: holds {foreign[0]!r}, which no import wrote; the "
+                             "import replaces OUT_DIR whole, so give a new or empty folder "
+                             "(or one holding an earlier import)")
+
+
 def import_exam(folder: str | Path, out_dir: str | Path, series: Sequence[str] = (),
                 size: int = IMAGE_SIZE) -> dict[str, Any]:
     """Write ``out_dir/{plane}.npy`` for the three planes and ``out_dir/dicom.json``.
@@ -380,6 +540,7 @@ def import_exam(folder: str | Path, out_dir: str | Path, series: Sequence[str] =
     if size < 32:
         raise ValueError(f"size must be at least 32, got {size}")
     folder, out_dir = Path(folder), Path(out_dir)
+    check_out_dir(out_dir, folder)
     found, skipped = scan_exam(folder)
     chosen = choose_series(found, series, str(folder))
     planes: dict[str, Any] = {}
@@ -397,6 +558,8 @@ def import_exam(folder: str | Path, out_dir: str | Path, series: Sequence[str] =
             "position_mm": [round(positions[0], 2), round(positions[-1], 2)],
             "slice_spacing_mm": round(float(np.median(gaps)), 3) if len(gaps) else None,
             "files": [h.path.relative_to(folder).as_posix() for h in ordered],
+            **({} if ordered[0].spacing_given else
+               {"pixel_spacing_note": "no PixelSpacing in the headers; square pixels assumed"}),
             **s.info, **resample}
     sidecar = {
         "source": str(folder), "image_size": size, "planes": planes,
@@ -407,12 +570,13 @@ def import_exam(folder: str | Path, out_dir: str | Path, series: Sequence[str] =
                       f"between its {WINDOW_PERCENTILES[0]}th and {WINDOW_PERCENTILES[1]}th "
                       "percentiles"),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for plane, vol in volumes.items():
-        with atomic_path(out_dir / f"{plane}.npy") as tmp:
-            with tmp.open("wb") as fh:
+    check_out_dir(out_dir, folder)  # again: the folder may have changed while we read
+    # The four files are swapped in together: never new series beside an old dicom.json.
+    with atomic_dir(out_dir) as tmp:
+        for plane, vol in volumes.items():
+            with (tmp / f"{plane}.npy").open("wb") as fh:
                 np.save(fh, vol, allow_pickle=False)
-    write_json(out_dir / SIDECAR, sidecar)
+        write_json(tmp / SIDECAR, sidecar)
     for plane in PLANES:
         p = planes[plane]
         log.info("%s: series %s %r, %d slices (%s) -> %s", plane, p["series_number"],
@@ -422,16 +586,7 @@ def import_exam(folder: str | Path, out_dir: str | Path, series: Sequence[str] =
 
 def is_dicom_folder(folder: str | Path) -> bool:
     """Whether ``folder`` (or a sub-folder) holds a DICOM Part 10 file ("DICM" at byte 128)."""
-    for path in Path(folder).rglob("*"):
-        if path.is_file():
-            try:
-                with path.open("rb") as fh:
-                    fh.seek(128)
-                    if fh.read(4) == b"DICM":
-                        return True
-            except OSError:
-                continue
-    return False
+    return any(path.is_file() and _is_part10(path) for path in Path(folder).rglob("*"))
 
 
 def import_to_temp(folder: str | Path, size: int = IMAGE_SIZE) -> Path:

@@ -11,6 +11,9 @@ any order. Relative paths are relative to the current directory. OUTPUT_CSV gets
 case, in the order of each case's first line: ``abnormal,acl,meniscus`` probabilities, no
 header. Every line and every file is checked before anything is computed; on a problem the
 command prints one ``error:`` line naming the case or file, exits non-zero and writes nothing.
+An output (OUTPUT_CSV, ``--calls``, ``--json``, ``--viewer``) that names a file the command
+reads -- the input CSV, the params file or the ``--models`` files, a series of an exam -- is
+such a problem.
 
 One exam, readable::
 
@@ -20,7 +23,7 @@ EXAM is one of
   - a folder holding ``axial.npy``, ``coronal.npy`` and ``sagittal.npy`` (case id: the folder's
     name);
   - a folder holding ``axial/``, ``coronal/`` and ``sagittal/``, each with one ``.npy``
-    (case id: the file stem);
+    (case id: the file stem; hidden files such as macOS's ``._1130.npy`` are not series);
   - three ``.npy`` paths, each in a folder named after its plane (MRNet's own layout, e.g.
     ``valid/axial/1130.npy valid/coronal/1130.npy valid/sagittal/1130.npy``) or named after
     its plane (``axial.npy``).
@@ -61,6 +64,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import pickle
 import sys
 from dataclasses import dataclass
@@ -418,11 +422,16 @@ def exam_files(args: Sequence[str]) -> CaseFiles:
         if all(f.is_file() for f in named.values()):
             return CaseFiles(folder.resolve().name, named)
         if all((folder / p).is_dir() for p in PLANES):
-            found = {p: sorted((folder / p).glob("*.npy")) for p in PLANES}
+            # Hidden files (macOS's ._NAME.npy resource forks, editors' backups) are not series.
+            found = {p: sorted(f for f in (folder / p).glob("*.npy") if not f.name.startswith("."))
+                     for p in PLANES}
             for p, files in found.items():
                 if len(files) != 1:
-                    raise UserError(f"{folder / p}: holds {len(files)} .npy files; "
-                                    "--exam needs exactly one per plane folder")
+                    names = ", ".join(f.name for f in files[:5]) + (", ..." if len(files) > 5
+                                                                    else "")
+                    raise UserError(f"{folder / p}: holds {len(files)} .npy files"
+                                    f"{f' ({names})' if files else ''}; --exam needs exactly "
+                                    "one per plane folder")
             paths = {p: found[p][0] for p in PLANES}
             stems = {f.stem for f in paths.values()}
             return CaseFiles(stems.pop() if len(stems) == 1 else folder.resolve().name, paths)
@@ -448,6 +457,52 @@ def exam_files(args: Sequence[str]) -> CaseFiles:
 
 
 # ---------------------------------------------------------------- output
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (through links, ``..`` or a second name)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing: compare where they would be
+        return a.resolve() == b.resolve()
+
+
+def check_outputs(outputs: Mapping[str, str | Path | None],
+                  inputs: Sequence[tuple[str, Path]]) -> None:
+    """Refuse an output path that is a folder or one of the files the command reads.
+
+    Args:
+        outputs: flag or argument name (``OUTPUT_CSV``, ``--calls``) -> path (None: not given).
+        inputs: (what it is, path) of every file read: the input CSV, the params file and each
+            series of each exam.
+    Raises:
+        UserError: naming the output, the argument and the input it would overwrite.
+    """
+    given = [(name, Path(path)) for name, path in outputs.items() if path not in (None, "-")]
+    for i, (name, path) in enumerate(given):
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder; {name} must be a file path")
+        for what, source in inputs:
+            if same_file(path, source):
+                raise UserError(f"{path}: {name} is {what}; writing it would destroy an input "
+                                f"-- choose another file")
+        for other, other_path in given[:i]:
+            if same_file(path, other_path):
+                raise UserError(f"{path}: {name} names the same file as {other}")
+
+
+def read_files(args: argparse.Namespace, cases: Sequence[CaseFiles]) -> list[tuple[str, Path]]:
+    """(what, path) of every file the command reads, for :func:`check_outputs`: the models
+    (``--models``) or the params file naming them, and each series of ``cases``."""
+    out: list[tuple[str, Path]] = []
+    if args.models is not None:
+        ckpts, ensembles = model_files({t: Path(args.models) for t in TASKS}, Path(args.models))
+        out += [(f"the model {p.name}", p) for p in (*ckpts.values(), *ensembles.values())]
+    else:
+        out.append(("the params file", Path(args.params)))
+    out += [(f"the {plane} series of case {c.case_id}", c.paths[plane])
+            for c in cases for plane in PLANES]
+    return out
 
 
 def write_output(path: str | Path, text: str) -> None:
@@ -607,12 +662,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
         parser.error("give INPUT_CSV and OUTPUT_CSV (or --exam for one exam)")
     if args.json or args.viewer:
         parser.error("--json and --viewer go with --exam")
-    if args.calls and Path(args.calls).resolve() == Path(args.output_csv).resolve():
-        parser.error("--calls must name another file than OUTPUT_CSV")
     # Everything a user can get wrong is checked before the models run.
-    if Path(args.output_csv).is_dir():
-        raise UserError(f"{args.output_csv}: is a folder; OUTPUT_CSV must be a file path")
     cases = read_input_csv(args.input_csv)
+    check_outputs({"OUTPUT_CSV": args.output_csv, "--calls": args.calls},
+                  [("the input CSV", Path(args.input_csv)), *read_files(args, cases)])
     check_cases(cases)
     predictor = predictor_from_args(args.params, args.models, args.device, args.allow_synthetic,
                                     parse_prevalence(args.prevalence))
@@ -632,6 +685,7 @@ def run_exam(args: argparse.Namespace) -> None:
         raise UserError("--calls goes with INPUT_CSV OUTPUT_CSV; with --exam the report "
                         "(table, --json, --viewer) shows each call")
     case = exam_files(args.exam)
+    check_outputs({"--json": args.json, "--viewer": args.viewer}, read_files(args, [case]))
     check_cases([case])
     predictor = predictor_from_args(args.params, args.models, args.device, args.allow_synthetic,
                                     parse_prevalence(args.prevalence))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import logging
 import pickle
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,18 +45,25 @@ KNEEMRI_SPLITS: tuple[str, ...] = tuple(SPLIT_FOLDERS)
 KNEEMRI_TASKS: dict[str, tuple[int, ...]] = {"injury": (1, 2), "complete": (2,)}
 DIAGNOSES = (0, 1, 2)
 MAX_INTENSITY = 4095  # 12-bit
+INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²".isdigit() is true, int("²") fails
 PLANE = "sagittal"
 # The splits of the probability tables the KneeMRI stages write (train scores none).
 TABLE_SPLITS: tuple[str, ...] = ("valid", "test")
 
-# The only globals a KneeMRI pickle needs: Python 2 numpy wrote ndarrays as
-# numpy.core.multiarray._reconstruct(numpy.ndarray, ...) with a numpy.dtype; numpy 2 calls
-# the module numpy._core.
+# The only globals a numpy-array pickle needs, reviewed one by one. Protocols 0-4 write
+# _reconstruct(ndarray, (0,), b"b") and then set the state (shape, dtype, raw bytes);
+# protocols 0-2 from Python 3 carry those bytes as _codecs.encode(text, "latin1"); protocol 5
+# writes numeric._frombuffer(buffer, dtype, shape, order). numpy 2 calls numpy.core
+# numpy._core. Each is handed out wrapped, so that it can build nothing but a numpy array
+# whose size its bytes in the file account for.
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 
 
@@ -63,30 +71,88 @@ class UnsafePickleError(DatasetError):
     """A pickle asks for something other than a numpy array."""
 
 
+class _NdarrayType:
+    """What a pickle gets for ``numpy.ndarray``: an argument for ``_reconstruct`` only.
+
+    Calling it (``numpy.ndarray(shape)``, an array of any size with no data behind it) is
+    refused.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __call__(self, *args, **kwargs):
+        raise UnsafePickleError(f"{self.source}: refused a bare numpy.ndarray construction (an "
+                                "array without data); a KneeMRI volume is a pickled array "
+                                "with its bytes")
+
+
+def _multiarray():
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric
+    return multiarray, numeric
+
+
 class NumpyUnpickler(pickle.Unpickler):
     """An unpickler that can build numpy arrays and nothing else.
 
     Every global a pickle names goes through :meth:`find_class`; anything outside
     ``_ALLOWED_GLOBALS`` (``os.system``, ``builtins.eval``, ``subprocess.Popen``, other numpy
-    functions …) is refused before it is called, so a malicious file runs no code.
+    functions …) is refused before it is called, so a malicious file runs no code. The allowed
+    ones are wrapped: ``ndarray`` cannot be called, ``_reconstruct`` builds only the empty
+    array that numpy's pickles start from, ``_frombuffer`` only an array whose shape and
+    itemsize match the bytes given, ``dtype`` no object dtype, ``_codecs.encode`` only
+    latin-1. numpy itself refuses a state whose bytes do not match its shape. So the size of
+    what a pickle builds is bounded by the bytes in the file.
     """
 
     def __init__(self, file, source: str) -> None:
         # latin1: the Python 2 pickles hold the array bytes as byte strings.
         super().__init__(file, encoding="latin1")
         self.source = source
+        self.ndarray = _NdarrayType(source)
+
+    def refuse(self, what: str) -> UnsafePickleError:
+        return UnsafePickleError(f"{self.source}: refused {what}; a KneeMRI volume may contain "
+                                 "only a numpy array")
 
     def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
         if (module, name) not in _ALLOWED_GLOBALS:
-            raise UnsafePickleError(f"{self.source}: refused to unpickle {module}.{name}; a "
-                                    "KneeMRI volume may contain only a numpy array")
-        if name == "_reconstruct":
-            try:
-                from numpy._core import multiarray
-            except ImportError:  # numpy 1.x
-                from numpy.core import multiarray
-            return multiarray._reconstruct
-        return getattr(np, name)
+            raise self.refuse(f"to unpickle {module}.{name}")
+        return {"_reconstruct": self.reconstruct, "_frombuffer": self.frombuffer,
+                "ndarray": self.ndarray, "dtype": self.dtype, "encode": self.encode}[name]
+
+    def reconstruct(self, subtype, shape, typecode):
+        if subtype is not self.ndarray or tuple(shape) != (0,):
+            raise self.refuse(f"_reconstruct({subtype!r}, {shape!r}) (numpy pickles an array "
+                              "as an empty one and then its data)")
+        return _multiarray()[0]._reconstruct(np.ndarray, (0,), typecode)
+
+    def frombuffer(self, buf, dtype, shape, order):
+        if not isinstance(dtype, np.dtype) or dtype.hasobject:
+            raise self.refuse(f"an array of dtype {dtype!r}")
+        try:
+            size = memoryview(buf).nbytes
+            shape = tuple(int(n) for n in shape)
+        except (TypeError, ValueError):
+            raise self.refuse("an array whose data is not a buffer") from None
+        claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if any(n < 0 for n in shape) or claimed != size:
+            raise self.refuse(f"an array of shape {shape} ({dtype}) from {size} bytes of data")
+        return _multiarray()[1]._frombuffer(buf, dtype, shape, order)
+
+    def dtype(self, *args):
+        d = np.dtype(*args)
+        if d.hasobject:
+            raise self.refuse(f"an array of dtype {d} (Python objects)")
+        return d
+
+    def encode(self, text, encoding="utf-8"):
+        if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+            raise self.refuse(f"_codecs.encode(..., {encoding!r})")
+        return text.encode("latin1")
 
     def persistent_load(self, pid):  # noqa: D102 - pickle API
         raise UnsafePickleError(f"{self.source}: refused a persistent id in the pickle; a "
@@ -189,7 +255,7 @@ def read_metadata(root: str | Path) -> pd.DataFrame:
         where = f"{path}:{lineno}"
         for col in COLUMNS[:-1]:
             value = rec[col]
-            if not value.lstrip("-").isdigit():
+            if not INTEGER.fullmatch(value):
                 raise DatasetError(f"{where}: {col} must be an integer, got {value!r}")
         if int(rec["aclDiagnosis"]) not in DIAGNOSES:
             raise DatasetError(f"{where}: aclDiagnosis must be 0 (healthy), 1 (partial) or 2 "

@@ -178,20 +178,48 @@ def read_split(root: str | Path, split: str) -> Split:
     return Split(studies, pd.DataFrame(view_rows, columns=["study_id", "view", "path"]))
 
 
+# MURA's radiographs are at most a few thousand pixels a side; a header claiming more than
+# this is refused before any pixel is decoded (PIL's own bomb limit is 89 M pixels, with only
+# a warning below twice that).
+MAX_VIEW_PIXELS = 2**26
+# What PIL raises for a decompression bomb or over-large text chunks (zTXt/iTXt bombs), and
+# for files it cannot read.
+IMAGE_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+                SyntaxError, EOFError)
+
+
+def _image_error(path: str | Path, exc: BaseException) -> DatasetError:
+    text = " ".join(str(exc).split())[:160]
+    if isinstance(exc, Image.DecompressionBombError):
+        return DatasetError(f"{path}: a PNG of more pixels than a radiograph can have, refused "
+                            f"as a decompression bomb ({text})")
+    return DatasetError(f"{path}: not a readable PNG image ({text})")
+
+
+def _check_png(path: str | Path, img: Image.Image) -> None:
+    if img.format != "PNG":
+        raise DatasetError(f"{path}: not a PNG image (found {img.format})")
+    width, height = img.size
+    if width * height > MAX_VIEW_PIXELS:
+        raise DatasetError(f"{path}: a PNG of {width} x {height} pixels, more than the "
+                           f"{MAX_VIEW_PIXELS} a radiograph can have, refused as a "
+                           "decompression bomb")
+
+
 def image_info(path: str | Path) -> tuple[int, int, str]:
     """(height, width, PIL mode) of a PNG from its header, without decoding the pixels.
 
     Raises:
-        DatasetError: the file is not a readable PNG.
+        DatasetError: the file is not a readable PNG, or claims more than
+            :data:`MAX_VIEW_PIXELS` pixels or over-large text chunks.
     """
     try:
         with Image.open(path) as img:
-            if img.format != "PNG":
-                raise DatasetError(f"{path}: not a PNG image (found {img.format})")
+            _check_png(path, img)
             width, height = img.size
             return height, width, img.mode
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DatasetError(f"{path}: not a readable PNG image ({exc})") from None
+    except IMAGE_ERRORS as exc:
+        raise _image_error(path, exc) from None
 
 
 def to_grey(img: Image.Image) -> np.ndarray:
@@ -210,19 +238,19 @@ def load_view(path: str | Path) -> np.ndarray:
     """One radiograph as uint8 grey (H, W), whatever its PNG mode.
 
     Raises:
-        DatasetError: the file is missing, not a PNG, or cannot be decoded.
+        DatasetError: the file is missing, not a PNG, cannot be decoded, or claims more than
+            :data:`MAX_VIEW_PIXELS` pixels or over-large text chunks (a decompression bomb).
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: image file not found")
     try:
         with Image.open(path) as img:
-            if img.format != "PNG":
-                raise DatasetError(f"{path}: not a PNG image (found {img.format})")
+            _check_png(path, img)  # before decoding
             img.load()
             grey = to_grey(img)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: not a readable PNG image ({exc})") from None
+    except IMAGE_ERRORS as exc:
+        raise _image_error(path, exc) from None
     if grey.ndim != 2 or min(grey.shape) < 8:
         raise DatasetError(f"{path}: image of shape {grey.shape} is too small or not 2-D")
     return grey
