@@ -16,9 +16,10 @@ from mrnet.core.errors import UserError
 from mrnet.core.runtime import select_device, use_bf16, wants_channels_last
 from mrnet.core.trainer import (TrainingInterrupted, better, compute_pos_weight, derive_seed,
                                 run_training, weighted_bce)
-from mrnet.data.prepare import prepare_plane
+from mrnet.data.prepare import load_prepared, prepare_plane
 from mrnet.model import load_checkpoint
-from mrnet.training.cnn import train_model
+from mrnet.training import cnn
+from mrnet.training.cnn import labels_for, train_model, tune_case_ids
 
 FAST = {"epochs": 3, "exams_per_batch": 2, "lr": 1e-4}
 
@@ -208,11 +209,41 @@ def test_checkpoint_loads_weights_only(tiny_dataset: Path, prepared: Path, tmp_p
 
 
 def test_tune_fraction_selects_on_train_holdout(tiny_dataset: Path, prepared: Path,
-                                                tmp_path: Path) -> None:
-    p = _params(tmp_path, tiny_dataset, prepared, epochs=1)
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _params(tmp_path, tiny_dataset, prepared, epochs=2)
     p = p.__class__(**{**p.__dict__, "data": p.data.__class__(p.data.root, 0.34, 0)})
+    # Record the exams every training epoch steps through and every selection scores.
+    fitted, scored = [], []
+    epoch, evaluate = cnn.exam_epoch, cnn.exam_evaluate
+
+    def recording_epoch(model, data, *args, **kwargs):
+        fitted.append(list(data.case_ids))
+        return epoch(model, data, *args, **kwargs)
+
+    def recording_evaluate(model, data, *args, **kwargs):
+        scored.append(list(data.case_ids))
+        return evaluate(model, data, *args, **kwargs)
+
+    monkeypatch.setattr(cnn, "exam_epoch", recording_epoch)
+    monkeypatch.setattr(cnn, "exam_evaluate", recording_evaluate)
     summary = train_model(p, "abnormal", "sagittal", live_dir=False)
     assert summary["selection"] == "tune"
+
+    train_ids = load_prepared(prepared, "sagittal", "train").case_ids
+    valid_ids = set(load_prepared(prepared, "sagittal", "valid").case_ids)
+    labels = labels_for(tiny_dataset, "train", "abnormal", train_ids)
+    tune = tune_case_ids(train_ids, labels, p.data, "abnormal")
+    assert 0 < len(tune) < len(train_ids)
+    fit = [c for c in train_ids if c not in tune]
+    # Every epoch fits on exactly the train exams outside the hold-out, and the hold-out alone
+    # selects: no tune exam ever trains, no valid exam is ever looked at.
+    assert len(fitted) == 2 and all(ids == fit for ids in fitted)
+    assert len(scored) == 2 and all(sorted(ids) == sorted(tune) for ids in scored)
+    assert not set(fit) & tune and not (set(fit) | tune) & valid_ids
+    # The positive weight comes from the fitted exams' labels only.
+    fit_labels = labels_for(tiny_dataset, "train", "abnormal", fit)
+    assert summary["pos_weight"] == pytest.approx(compute_pos_weight(fit_labels))
 
 
 @pytest.mark.parametrize("native", [True, False])
