@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,7 @@ def test_zero_shot_scores_and_the_ensemble_auc_equals_the_cnns(
     starts = np.cumsum([0, *index["counts"]])
     with torch.inference_mode():
         logits = [model(normalize(slices[a:b], torch.tensor([b - a])),
-                        torch.tensor([b - a])).item() for a, b in zip(starts, starts[1:])]
+                        torch.tensor([b - a])).item() for a, b in pairwise(starts)]
     cnn = 1 / (1 + np.exp(-np.array(logits, dtype=np.float64)))
     assert len(set(cnn.round(8))) == len(cnn) == 6  # no ties: the AUC check below can fail
     # The ensemble's: its logistic with axial and coronal at their tune-split means.
