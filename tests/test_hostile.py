@@ -254,6 +254,49 @@ def test_predict_never_writes_over_what_it_reads(series_list: Path, argv: list[s
     assert snapshot(tmp) == before  # nothing written, nothing replaced, no temp file left
 
 
+EXAM = ["--exam", "valid/sagittal/1130.npy", "valid/coronal/1130.npy", "valid/axial/1130.npy"]
+
+
+@pytest.mark.parametrize("argv, named", [
+    # --calls: only with INPUT_CSV OUTPUT_CSV, only a file, only after every series is checked.
+    ([*EXAM, "--calls", "calls.csv", "--json", "r.json"],
+     "--calls goes with INPUT_CSV OUTPUT_CSV"),
+    (["in.csv", "out.csv", "--calls", "sub"], "sub: is a folder; --calls must be a file path"),
+    (["bad.csv", "out.csv", "--calls", "calls.csv"],
+     "case 1130 (coronal): float/coronal/1130.npy: dtype is float32"),
+    # --exam: a damaged series, a missing plane, a wrong count of paths, a doubled plane.
+    ([*EXAM[:2], "float/coronal/1130.npy", EXAM[3], "--json", "r.json", "--viewer", "v.html"],
+     "case 1130 (coronal): float/coronal/1130.npy: dtype is float32"),
+    (["--exam", "noaxial", "--json", "r.json"], "noaxial: no exam found; --exam takes"),
+    ([*EXAM[:3], "--json", "r.json"], "--exam got 2 paths"),
+    ([*EXAM[:3], "valid/sagittal/1130.npy", "--json", "r.json"],
+     "valid/sagittal/1130.npy: a second sagittal series"),
+])
+def test_predict_refuses_bad_calls_and_exam_input_and_writes_nothing(
+        series_list: Path, argv: list[str], named: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    from mrnet.inference.predict import main
+
+    tmp = series_list.parent
+    (tmp / "sub").mkdir()
+    (tmp / "float" / "coronal").mkdir(parents=True)
+    np.save(tmp / "float" / "coronal" / "1130.npy", np.zeros((3, 256, 256), np.float32))
+    (tmp / "bad.csv").write_text(series_list.read_text().replace("valid/coronal",
+                                                                 "float/coronal"))
+    for plane in ("sagittal", "coronal"):  # a folder of two of the three planes
+        (tmp / "noaxial" / plane).mkdir(parents=True)
+        np.save(tmp / "noaxial" / plane / "1130.npy", np.zeros((3, 256, 256), np.uint8))
+    before = snapshot(tmp)
+    monkeypatch.chdir(tmp)
+    with pytest.raises(SystemExit) as exc:
+        # Were the inputs not checked first, the missing models would be the error.
+        main(["--allow-synthetic", "--models", "no-models-here", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
+    assert snapshot(tmp) == before  # nothing written, nothing replaced, no temp file left
+
+
 def test_exam_folder_names_the_extra_files_and_skips_hidden_ones(tmp_path: Path) -> None:
     from mrnet.core.errors import UserError
     from mrnet.inference.predict import exam_files

@@ -7,7 +7,8 @@ import torch
 import torchvision
 
 from mrnet.core.backbones import GreyStemConv2d, make_backbone, segment_pool
-from mrnet.model import MRNet, MRNetConfig, normalize
+from mrnet.model import PIXEL_MEAN, PIXEL_STD, MRNet, MRNetConfig, normalize
+from mrnet.mura.model import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalize
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,21 @@ def test_normalize_scales_each_exam_by_its_own_range() -> None:
     assert torch.allclose(out[:2].amin(), out[2:].amin())
     assert torch.allclose(out[:2].amax(), out[2:].amax())
     assert out[1].amax() == out[:2].amin()  # slice 1 of exam a is all at the exam's minimum
+
+
+def test_normalisation_constants_are_the_mrnet_authors() -> None:
+    # Checkpoints were trained with these; a change silently shifts every probability.
+    assert (PIXEL_MEAN, PIXEL_STD) == (58.09, 49.73)
+    assert (IMAGENET_MEAN, IMAGENET_STD) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    # ... and they are the ones applied: an exam's minimum, maximum and midpoint by hand.
+    exam = torch.tensor([[[3, 103], [53, 53]]], dtype=torch.uint8)
+    out = normalize(exam, torch.tensor([1]))
+    want = torch.tensor([[[-58.09, 255 - 58.09], [127.5 - 58.09, 127.5 - 58.09]]]) / 49.73
+    assert torch.allclose(out, want, atol=1e-5)
+    rgb = imagenet_normalize(torch.tensor([[[0, 255, 51]]], dtype=torch.uint8))
+    for c, (mean, std) in enumerate(zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))):
+        assert rgb[0, c, 0].tolist() == pytest.approx([-mean / std, (1 - mean) / std,
+                                                      (0.2 - mean) / std], rel=1e-6)
 
 
 @pytest.mark.parametrize("backbone", ["alexnet", "resnet18", "densenet121"])

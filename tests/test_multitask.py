@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import tmp_params
 
 from mrnet import PLANES, TASKS
 from mrnet.core.backbones import make_backbone
+from mrnet.core.predict import predict
+from mrnet.core.stats import sigmoid
 from mrnet.core.tables import read_probs, rows
 from mrnet.core.trainer import weighted_bce
 from mrnet.core.weights import BACKBONES
 from mrnet.data.prepare import prepare_plane
 from mrnet.model import MRNet, MRNetConfig, MultitaskMRNet
-from mrnet.training.multitask import multitask_loss, train_multitask
+from mrnet.training.cnn import labels_for, tune_case_ids
+from mrnet.training.multitask import (load_multiset, multitask_batches, multitask_loss,
+                                      train_multitask)
 
 WIDTHS = {"alexnet": 256, "resnet18": 512, "resnet50": 2048, "vgg16_bn": 512,
           "densenet121": 1024, "densenet169": 1664}
@@ -70,16 +75,44 @@ def test_train_multitask_writes_checkpoint_and_tables(tiny_dataset: Path, tmp_pa
     prepared = tmp_path / "prepared"
     for plane in PLANES:
         prepare_plane(tiny_dataset, plane, prepared, 64)
-    params = tmp_params(tmp_path, tiny_dataset, train={"epochs": 1, "exams_per_batch": 3})
+    params = tmp_params(tmp_path, tiny_dataset,
+                        train={"epochs": 1, "exams_per_batch": 3, "precision": "fp32"})
     params = params.__class__(**{
         **params.__dict__,
+        # Split seed 2: the hold-out (stratified by abnormal) leaves the one ACL tear of the
+        # tiny train split, and a meniscus tear, to fit on.
+        "data": params.data.__class__(params.data.root, 0.34, 2),
         "prepare": params.prepare.__class__(str(prepared), 64),
         "multitask": params.multitask.__class__(True, str(tmp_path / "mt"), {"lr": 3e-4}),
     })
     summary = train_multitask(params, live_dir=False)
-    assert summary["epochs_run"] == 1
+    assert summary["epochs_run"] == 1 and summary["selection"] == "tune"
     ckpt = torch.load(tmp_path / "mt" / "model.pt", weights_only=True)
     assert ckpt["config"]["planes"] == list(PLANES) and ckpt["config"]["train"]["lr"] == 3e-4
-    for task in TASKS:
-        valid = rows(read_probs(tmp_path / "mt" / f"multitask-{task}.csv"), "valid")
-        assert len(valid) == 4 and valid["prob"].between(0, 1).all()
+    assert ckpt["config"]["tasks"] == list(TASKS)
+
+    # The checkpoint's network scores valid afresh: column t of its output is task t.
+    cpu = torch.device("cpu")
+    model = MultitaskMRNet(MRNetConfig(**ckpt["config"]["model"]), tuple(PLANES), len(TASKS))
+    model.load_state_dict(ckpt["model"])
+    valid = load_multiset(prepared, tiny_dataset, "valid", cpu)
+    expected = sigmoid(predict(model, multitask_batches(valid, cpu), cpu))
+    assert expected.shape == (4, len(TASKS))
+    for a in range(len(TASKS)):  # the columns differ, so a column in the wrong file shows
+        for b in range(a):
+            assert not np.allclose(expected[:, a], expected[:, b], atol=1e-6)
+
+    train_ids = load_multiset(prepared, tiny_dataset, "train", cpu).case_ids
+    tune = tune_case_ids(train_ids, labels_for(tiny_dataset, "train", TASKS[0], train_ids),
+                         params.data, TASKS[0])
+    for t, task in enumerate(TASKS):
+        table = read_probs(tmp_path / "mt" / f"multitask-{task}.csv")
+        got = rows(table, "valid").set_index("case_id")
+        assert sorted(got.index) == sorted(valid.case_ids)
+        for i, case in enumerate(valid.case_ids):
+            assert got.loc[case, "prob"] == pytest.approx(expected[i, t], abs=1e-6), (task, case)
+        labels = labels_for(tiny_dataset, "valid", task, valid.case_ids)
+        assert got.loc[valid.case_ids, "label"].tolist() == labels.astype(int).tolist()
+        # Train exams are labelled by the split they played: the hold-out is "tune".
+        assert set(rows(table, "tune")["case_id"]) == tune
+        assert set(rows(table, "train")["case_id"]) == set(train_ids) - tune

@@ -86,7 +86,7 @@ def test_cams_have_each_views_shape(trained) -> None:
 
 
 def test_mura_csv_format(trained, tmp_path, monkeypatch) -> None:
-    base, _ = trained
+    base, params = trained
     monkeypatch.chdir(base)
     lines = (base / "MURA-v1.1" / "valid_image_paths.csv").read_text().splitlines()
     # the input lists paths relative to the current directory, here the folder holding MURA-v1.1
@@ -96,7 +96,21 @@ def test_mura_csv_format(trained, tmp_path, monkeypatch) -> None:
     rows = (tmp_path / "out.csv").read_text().splitlines()
     folders = list(dict.fromkeys(line.rpartition("/")[0] + "/" for line in lines))
     assert [r.rsplit(",", 1)[0] for r in rows] == folders
-    assert {r.rsplit(",", 1)[1] for r in rows} <= {"0", "1"}
+    # Each call is the study's probability (the extract stage's) against the threshold: 0.5 by
+    # default, and --threshold set in the widest gap between the probabilities, so that both
+    # calls occur and no probability sits near it.
+    studies, _ = extract(params)
+    valid = studies[studies["split"] == "valid"].set_index("study_id")["prob"]
+    probs = [valid[f.removeprefix("MURA-v1.1/valid/").rstrip("/")] for f in folders]
+    assert [r.rsplit(",", 1)[1] for r in rows] == [str(int(p > 0.5)) for p in probs]
+    ranked = np.sort(probs)
+    gap = int(np.argmax(np.diff(ranked)))
+    assert ranked[gap + 1] - ranked[gap] > 1e-4
+    threshold = float(ranked[gap] + ranked[gap + 1]) / 2
+    main(["--csv", str(tmp_path / "in.csv"), str(tmp_path / "out.csv"), "--threshold",
+          repr(threshold), "--model", str(base / "models" / "model.pt"), "--device", "cpu"])
+    calls = [r.rsplit(",", 1)[1] for r in (tmp_path / "out.csv").read_text().splitlines()]
+    assert calls == [str(int(p > threshold)) for p in probs] and {"0", "1"} <= set(calls)
 
 
 def test_bad_inputs_end_in_one_line_and_no_output(trained, tmp_path, capsys) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ from PIL import Image
 from mrnet.core.errors import UserError
 from mrnet.core.runtime import select_device, use_bf16, wants_channels_last
 from mrnet.core.trainer import (TrainingInterrupted, better, compute_pos_weight, derive_seed,
-                                weighted_bce)
-from mrnet.data.prepare import prepare_plane
+                                run_training, weighted_bce)
+from mrnet.data.prepare import load_prepared, prepare_plane
 from mrnet.model import load_checkpoint
-from mrnet.training.cnn import train_model
+from mrnet.training import cnn
+from mrnet.training.cnn import labels_for, train_model, tune_case_ids
 
 FAST = {"epochs": 3, "exams_per_batch": 2, "lr": 1e-4}
 
@@ -105,6 +107,74 @@ def test_resume_gives_the_uninterrupted_checkpoint(tiny_dataset: Path, prepared:
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+@dataclass(frozen=True)
+class _ScriptedCfg:
+    epochs: int = 8
+    patience: int = 4
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    lr_factor: float = 0.5
+    lr_patience: int = 2
+
+
+# Validation loss by epoch: best at epoch 1, worse every epoch after. With lr_patience 2 the
+# scheduler cuts the lr at epoch 4 and with patience 4 training stops after epoch 5, both
+# decided by counters that epochs 2 and 3 advanced: a run cut after epoch 3 gets the same
+# history only if the scheduler's and the early-stopping state come back from the resume file.
+_VAL_LOSS = {1: 1.0, 2: 1.1, 3: 1.2, 4: 1.3, 5: 1.4, 6: 1.5, 7: 1.6, 8: 1.7}
+
+
+def _scripted_run(out: Path, init_seed: int, stop_after: int | None = None):
+    """run_training on a linear model whose train batches come from the run's generator
+    (so its train loss shows the generator, the optimiser and the weights) and whose
+    validation loss follows :data:`_VAL_LOSS`."""
+    torch.manual_seed(init_seed)
+    model = torch.nn.Linear(3, 1)
+    current = {}
+
+    def make_epoch(generator, optimizer):
+        def run_train(epoch: int) -> dict[str, float]:
+            x = torch.randn(8, 3, generator=generator)
+            loss = (model(x) - 1.0).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            current["epoch"] = epoch
+            return {"loss": loss.item(), "auc": 0.5}
+
+        def run_eval() -> dict[str, float]:
+            return {"loss": _VAL_LOSS[current["epoch"]], "auc": 0.5}
+
+        return run_train, run_eval
+
+    return run_training("scripted", model, _ScriptedCfg(), 7, make_epoch, "fingerprint",
+                        out / "scripted.pt", {"kind": "scripted"}, "valid", live_dir=False,
+                        stop_after=stop_after)
+
+
+def test_resume_restores_scheduler_early_stopping_generator_and_history(tmp_path: Path) -> None:
+    full = _scripted_run(tmp_path / "full", init_seed=0)
+    # The scenario does what it is for: the lr cut and the stop both come after the cut.
+    assert [h["lr"] for h in full.history] == pytest.approx([0.01] * 3 + [0.005] * 2)
+    assert full.epoch == 5 and full.stopped_early and full.best_epoch == 1
+
+    with pytest.raises(TrainingInterrupted):
+        _scripted_run(tmp_path / "cut", init_seed=0, stop_after=3)
+    assert (tmp_path / "cut" / ".resume" / "scripted.pt").is_file()
+    # A fresh process would build the model afresh: other initial weights must not matter.
+    resumed = _scripted_run(tmp_path / "cut", init_seed=1)
+    assert resumed.history == full.history  # train losses: generator, optimiser, weights
+    assert (resumed.epoch, resumed.best_epoch, resumed.bad_epochs, resumed.stopped_early) == (
+        full.epoch, full.best_epoch, full.bad_epochs, full.stopped_early)
+    a = torch.load(tmp_path / "full" / "scripted.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "scripted.pt", weights_only=True)
+    assert set(a) == set(b) and set(a["model"]) == set(b["model"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert {k: v for k, v in a.items() if k != "model"} == {
+        k: v for k, v in b.items() if k != "model"}
+    assert not (tmp_path / "cut" / ".resume" / "scripted.pt").exists()
+
+
 def test_resume_ignores_state_from_other_params(tiny_dataset: Path, prepared: Path,
                                                 tmp_path: Path) -> None:
     cut = _params(tmp_path, tiny_dataset, prepared)
@@ -139,11 +209,41 @@ def test_checkpoint_loads_weights_only(tiny_dataset: Path, prepared: Path, tmp_p
 
 
 def test_tune_fraction_selects_on_train_holdout(tiny_dataset: Path, prepared: Path,
-                                                tmp_path: Path) -> None:
-    p = _params(tmp_path, tiny_dataset, prepared, epochs=1)
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _params(tmp_path, tiny_dataset, prepared, epochs=2)
     p = p.__class__(**{**p.__dict__, "data": p.data.__class__(p.data.root, 0.34, 0)})
+    # Record the exams every training epoch steps through and every selection scores.
+    fitted, scored = [], []
+    epoch, evaluate = cnn.exam_epoch, cnn.exam_evaluate
+
+    def recording_epoch(model, data, *args, **kwargs):
+        fitted.append(list(data.case_ids))
+        return epoch(model, data, *args, **kwargs)
+
+    def recording_evaluate(model, data, *args, **kwargs):
+        scored.append(list(data.case_ids))
+        return evaluate(model, data, *args, **kwargs)
+
+    monkeypatch.setattr(cnn, "exam_epoch", recording_epoch)
+    monkeypatch.setattr(cnn, "exam_evaluate", recording_evaluate)
     summary = train_model(p, "abnormal", "sagittal", live_dir=False)
     assert summary["selection"] == "tune"
+
+    train_ids = load_prepared(prepared, "sagittal", "train").case_ids
+    valid_ids = set(load_prepared(prepared, "sagittal", "valid").case_ids)
+    labels = labels_for(tiny_dataset, "train", "abnormal", train_ids)
+    tune = tune_case_ids(train_ids, labels, p.data, "abnormal")
+    assert 0 < len(tune) < len(train_ids)
+    fit = [c for c in train_ids if c not in tune]
+    # Every epoch fits on exactly the train exams outside the hold-out, and the hold-out alone
+    # selects: no tune exam ever trains, no valid exam is ever looked at.
+    assert len(fitted) == 2 and all(ids == fit for ids in fitted)
+    assert len(scored) == 2 and all(sorted(ids) == sorted(tune) for ids in scored)
+    assert not set(fit) & tune and not (set(fit) | tune) & valid_ids
+    # The positive weight comes from the fitted exams' labels only.
+    fit_labels = labels_for(tiny_dataset, "train", "abnormal", fit)
+    assert summary["pos_weight"] == pytest.approx(compute_pos_weight(fit_labels))
 
 
 @pytest.mark.parametrize("native", [True, False])
