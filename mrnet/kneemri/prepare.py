@@ -137,12 +137,8 @@ def prepare_kneemri(root: str | Path, out: str | Path, crop: str, roi_scale: flo
 def load_kneemri_set(prepared: str | Path, split: str, labels: pd.DataFrame,
                      task: str | None, device: torch.device) -> PackedSet:
     """One split of the KneeMRI cache with its ``task`` labels joined by case id."""
-    base = Path(prepared) / PLANE
-    for name in (f"{split}.json", f"{split}.npy"):
-        if not (base / name).is_file():
-            raise DatasetError(f"{base / name}: KneeMRI cache not found; run "
-                               "`dvc repro kneemri_prepare`")
-    ps = read_packed(base, split, "dvc repro kneemri_prepare")
+    # read_packed names a missing cache file and the stage that writes it.
+    ps = read_packed(Path(prepared) / PLANE, split, "dvc repro kneemri_prepare")
     by_id = labels.set_index("case_id")
     missing = [c for c in ps.case_ids if c not in by_id.index]
     if missing:
