@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, MPEG2MPML, MRImageStorage, generate_uid
 
 from mrnet.data.dicom import DicomError, import_exam, is_dicom_folder, scan_exam
 from mrnet.data.reader import load_series
@@ -62,13 +62,17 @@ def _dataset(study: str, series_uid: str, number: int, description: str,
 
 
 def write_exam(folder: Path, seed: int = 0, study: str | None = None,
-               series: list = EXAM, localizer: bool = True) -> dict[int, list[float]]:
+               series: list = EXAM, localizer: bool = True,
+               texture: int = 0) -> dict[int, list[float]]:
     """Write an exam of one file per slice under opaque, shuffled names.
 
     Slice k (in anatomical order along its plane's patient axis) has stored values that are
     all equal, and a per-slice rescale slope/intercept that make its true value 100 + 40 k, so
     slices come out brighter in anatomical order only if the rescale is applied and the
-    slices are ordered by position. Instance numbers are reversed against anatomy.
+    slices are ordered by position. Instance numbers are reversed against anatomy. The
+    top-left corner (first rows, first columns) is 0. ``texture`` > 0 adds seeded noise of
+    that range to every stored value, so that no two pixels need agree (for tests that
+    compare exports pixel for pixel).
 
     Returns:
         {series number: each slice's position along the patient axis, in anatomical order}.
@@ -88,6 +92,9 @@ def write_exam(folder: Path, seed: int = 0, study: str | None = None,
             point[axis] = pos  # along +axis; the scanner's normal may point the other way
             slope = 0.5 + 0.25 * (k % 3)
             stored = np.full(shape, 200, dtype=np.uint16)
+            if texture:
+                noise = np.random.default_rng([seed, number, k]).integers(0, texture, shape)
+                stored += noise.astype(np.uint16)
             stored[: shape[0] // 4, : shape[1] // 4] = 0  # a corner, so the window has a range
             true_value = 100.0 + 40.0 * k
             intercept = true_value - slope * 200
@@ -215,19 +222,22 @@ def test_two_studies_in_one_folder_are_refused(tmp_path: Path) -> None:
 def test_compressed_pixels_without_a_decoder_name_the_file(tmp_path: Path) -> None:
     folder = tmp_path / "exam"
     write_exam(folder, localizer=False)
-    # Re-encode one axial file as JPEG-LS, which no installed pixel plugin decodes.
+    # Re-encode one axial file in a video syntax, which no decoder for still images reads.
     victim = next(p for p in sorted(folder.rglob("IM*"))
                   if pydicom.dcmread(p, stop_before_pixels=True).SeriesNumber == 7)
     ds = pydicom.dcmread(victim)
-    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
-    ds.PixelData = encapsulate([b"\xff\xd8" + bytes(64) + b"\xff\xd9"])
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(64)])
     ds["PixelData"].VR = "OB"
     ds.save_as(victim, enforce_file_format=True)
     with pytest.raises(DicomError) as info:
         import_exam(folder, tmp_path / "out")
     message = str(info.value)
-    assert message.startswith(f"{victim}: cannot decode the pixel data of series 7 'AX PD FS'")
-    assert "JPEG-LS" in message and "\n" not in message
+    assert message.startswith(f"{victim}: cannot decode the pixel data of series 7 'AX PD FS' "
+                              "(transfer syntax MPEG2 Main Profile / Main Level, which no "
+                              "installed decoder reads); install a decoder for it or export")
+    assert "\n" not in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_several_images_per_position_are_not_a_series_to_stack(tmp_path: Path) -> None:

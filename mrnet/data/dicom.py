@@ -42,9 +42,10 @@ import logging
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,8 @@ PLANE_OF_AXIS = {0: "sagittal", 1: "coronal", 2: "axial"}
 AXIS_ORDER = {0: "right to left", 1: "anterior to posterior", 2: "foot to head"}
 # MRNet's series (Bien et al. 2018): sagittal T2 (fat-saturated), coronal T1, axial PD.
 PREFERRED_CONTRAST = {"sagittal": "T2", "coronal": "T1", "axial": "PD"}
-LOCALIZER_WORDS = re.compile(r"\b(loc|localizer|localiser|scout|survey|3[- ]?plane)\b", re.I)
+LOCALIZER_WORDS = re.compile(r"\b(loc|localizer|localiser|scout|survey|3[- ]?plane)\b",
+                             re.IGNORECASE)
 SIDECAR = "dicom.json"
 # Larger than any MR matrix; a header claiming more is damaged or hostile, and is refused
 # before memory is allocated for it (float32 working copy).
@@ -371,7 +373,7 @@ def choose_series(series: list[Series], requests: Sequence[str] = (),
             raise DicomError(f"{source}: no usable {plane} series (found: {listed}); "
                              "an MRNet exam needs axial, coronal and sagittal series")
         contrast = PREFERRED_CONTRAST[plane]
-        pattern = re.compile(rf"(?<![A-Za-z0-9]){contrast}(?![0-9])", re.I)
+        pattern = re.compile(rf"(?<![A-Za-z0-9]){contrast}(?![0-9])", re.IGNORECASE)
         preferred = [s for s in candidates if pattern.search(s.description)]
         pool = preferred or candidates
         best = max(pool, key=lambda s: (len(s.slices), -(s.number or 0)))
@@ -418,21 +420,7 @@ def read_pixels(series: Series) -> tuple[np.ndarray, list[SliceHeader]]:
     for i, h in enumerate(ordered):
         ds = pydicom.dcmread(h.path)
         slope, intercept = _rescale(ds, h.path, series)
-        try:
-            pixels = ds.pixel_array
-        except (RuntimeError, NotImplementedError, ValueError, AttributeError, KeyError,
-                EOFError) as exc:
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-            name = getattr(syntax, "name", None) or str(syntax)
-            text = " ".join(str(exc).split())
-            if "missing dependencies" in text or "No pixel data decoders" in text:
-                raise DicomError(f"{h.path}: cannot decode the pixel data of {series.label()} "
-                                 f"(transfer syntax {name}: {_first_line(exc)}); install a "
-                                 "decoder for it (e.g. pylibjpeg or gdcm) or export "
-                                 "uncompressed") from None
-            raise DicomError(f"{h.path}: the pixel data of {series.label()} is damaged or cut "
-                             f"short (transfer syntax {name}: {text[:200]}); re-export the "
-                             "series") from None
+        pixels = _decode(ds, h.path, series)
         if pixels.shape != (h.rows, h.cols):
             raise DicomError(f"{h.path}: pixel data of shape {pixels.shape} in {series.label()};"
                              f" expected one grey image of {h.rows} x {h.cols} per file")
@@ -445,6 +433,50 @@ def read_pixels(series: Series) -> tuple[np.ndarray, list[SliceHeader]]:
     series.info["rescale_slope"] = sorted(slopes)
     series.info["rescale_intercept"] = sorted(intercepts)
     return out, ordered
+
+
+# The installed decoders cover every standard still-image syntax; these name what to install
+# when one is missing, and what else to export when no decoder exists at all (video syntaxes).
+DECODERS = "pylibjpeg with pylibjpeg-libjpeg and pylibjpeg-openjpeg, and pyjpegls"
+LOSSLESS_SYNTAXES = "JPEG Lossless, JPEG-LS, JPEG 2000 or RLE Lossless"
+
+
+def _decode(ds: Any, path: Path, series: Series) -> np.ndarray:
+    """A file's pixel data, decoded.
+
+    Raises:
+        DicomError: no decoder for its transfer syntax, or data that is damaged or cut short
+            (a JPEG frame must end with its end-of-image marker: the JPEG and JPEG-LS
+            decoders return a truncated frame's missing pixels as made-up values).
+    """
+    from pydicom.encaps import generate_frames
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    name = getattr(syntax, "name", None) or str(syntax)
+    damaged = (f"{path}: the pixel data of {series.label()} is damaged or cut short "
+               f"(transfer syntax {name}: {{}}); re-export the series")
+    try:
+        if syntax is not None and syntax.is_encapsulated and "JPEG" in name:
+            frames = int(ds.get("NumberOfFrames") or 1)
+            for k, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames)):
+                if not frame.rstrip(b"\x00\xff").endswith(b"\xff\xd9"):
+                    raise DicomError(damaged.format(f"frame {k + 1} ends without its "
+                                                    "end-of-image marker"))
+        return ds.pixel_array
+    except (RuntimeError, NotImplementedError, ValueError, AttributeError, KeyError,
+            EOFError, TypeError) as exc:
+        text = " ".join(str(exc).split())
+        if isinstance(exc, NotImplementedError) and "not supported" in text:
+            raise DicomError(f"{path}: cannot decode the pixel data of {series.label()} "
+                             f"(transfer syntax {name}, which no installed decoder reads); "
+                             "install a decoder for it or export the series uncompressed or "
+                             f"as {LOSSLESS_SYNTAXES}") from None
+        if "missing dependencies" in text or "No pixel data decoders" in text:
+            raise DicomError(f"{path}: cannot decode the pixel data of {series.label()} "
+                             f"(transfer syntax {name}: {_first_line(exc)}); install a "
+                             f"decoder for it ({DECODERS}, as the project's dependencies "
+                             "list) or export uncompressed") from None
+        raise DicomError(damaged.format(text[:200])) from None
 
 
 def _rescale(ds: Any, path: Path, series: Series) -> tuple[float, float]:
@@ -485,7 +517,7 @@ def to_mrnet(volume: np.ndarray, pixel_spacing: tuple[float, float],
     dr, dc = pixel_spacing
     h, w = volume.shape[1:]
     fov = max(h * dr, w * dc)
-    ph, pw = int(round(fov / dr)), int(round(fov / dc))
+    ph, pw = round(fov / dr), round(fov / dc)
     top, left = (ph - h) // 2, (pw - w) // 2
     square = np.zeros((volume.shape[0], max(ph, h), max(pw, w)), dtype=np.float32)
     square[:, top:top + h, left:left + w] = scaled

@@ -1,0 +1,219 @@
+"""Real scanner exports of one exam: every standard transfer syntax, Enhanced MR multi-frame
+files and mirrored or transposed in-plane orientations must import to the very arrays of the
+classic uncompressed one-file-per-slice export."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    UID,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+from test_dicom import AXIAL, CORONAL, SAGITTAL, write_exam
+
+from mrnet import PLANES
+from mrnet.data.dicom import DicomError, import_exam
+
+# Small, with every case a flip can get wrong: a non-square matrix (36 x 32) and one whose
+# padding to a square is odd (39 rows padded to 48), so a mirrored export must be put back
+# before padding, not after.
+EXPORT = [(3, "SAG T2", SAGITTAL, 5, (36, 32), (2.0, 2.0)),
+          (5, "COR T1", CORONAL, 4, (32, 32), (2.0, 2.0)),
+          (7, "AX PD", AXIAL, 4, (39, 48), (2.0, 2.0))]
+SIZE = 64
+
+
+def arrays(out: Path) -> dict[str, bytes]:
+    """The three written series, byte for byte."""
+    return {plane: (out / f"{plane}.npy").read_bytes() for plane in PLANES}
+
+
+@pytest.fixture(scope="module")
+def classic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes], dict]:
+    """The classic export (uncompressed, one file per slice, the usual orientation), its
+    import's series and its dicom.json."""
+    folder = tmp_path_factory.mktemp("classic") / "exam"
+    write_exam(folder, series=EXPORT, localizer=False, texture=400)
+    out = folder.parent / "out"
+    sidecar = import_exam(folder, out, size=SIZE)
+    return folder, arrays(out), sidecar
+
+
+def reexport(classic_folder: Path, dest: Path, change: Callable[[Dataset], Dataset]) -> Path:
+    """A copy of the classic export with ``change`` applied to every file's dataset."""
+    shutil.copytree(classic_folder, dest)
+    for path in sorted(dest.rglob("IM*")):
+        change(pydicom.dcmread(path)).save_as(path, enforce_file_format=True)
+    return dest
+
+
+# ---------------------------------------------------------------- transfer syntaxes
+
+
+def gdcm_encode(ds: Dataset, syntax: UID, scratch: Path) -> Dataset:
+    """``ds`` with its pixel data encoded by GDCM, for the JPEG Lossless syntaxes that
+    pydicom has no encoder for. Only the encoded frame is taken from GDCM's file; every other
+    element stays as pydicom wrote it."""
+    import gdcm
+
+    names = {JPEGLosslessSV1: "JPEGLosslessProcess14_1", JPEGLossless: "JPEGLosslessProcess14"}
+    src, dst = scratch / "raw.dcm", scratch / "encoded.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, names[syntax])))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(dst))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    encoded = pydicom.dcmread(dst)
+    assert encoded.file_meta.TransferSyntaxUID == syntax
+    set_frames(ds, syntax, list(generate_frames(encoded.PixelData, number_of_frames=1)))
+    return ds
+
+
+def set_frames(ds: Dataset, syntax: UID, frames: list[bytes]) -> None:
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+
+
+def encoder(syntax: UID, scratch: Path) -> Callable[[Dataset], Dataset]:
+    def encode(ds: Dataset) -> Dataset:
+        if syntax in (JPEGLosslessSV1, JPEGLossless):
+            return gdcm_encode(ds, syntax, scratch)
+        ds.compress(syntax)  # pydicom's own RLE encoder, CharLS (pyjpegls), openjpeg
+        return ds
+    return encode
+
+
+@pytest.fixture
+def runtime_decoders() -> Iterator[None]:
+    """Decode with the project's runtime dependencies only: GDCM, installed for the tests to
+    encode with, must not be what makes an import work."""
+    gdcm_plugin = ("pydicom.pixels.decoders.gdcm", "_decode_frame")
+    removed = []
+    for syntax in (*LOSSLESS.values(), JPEGBaseline8Bit):
+        decoder = get_decoder(syntax)
+        if "gdcm" in decoder.available_plugins:
+            decoder.remove_plugin("gdcm")
+            removed.append(decoder)
+        assert decoder.available_plugins, f"no runtime decoder for {syntax.name}"
+    yield
+    for decoder in removed:
+        decoder.add_plugin("gdcm", gdcm_plugin)
+
+
+LOSSLESS = {"rle": RLELossless, "jpeg-lossless-sv1": JPEGLosslessSV1,
+            "jpeg-lossless": JPEGLossless, "jpeg-ls": JPEGLSLossless,
+            "jpeg2000-lossless": JPEG2000Lossless}
+
+
+@pytest.mark.parametrize("syntax", LOSSLESS.values(), ids=LOSSLESS.keys())
+def test_every_lossless_syntax_imports_to_the_uncompressed_arrays(
+        classic: tuple[Path, dict, dict], tmp_path: Path, syntax: UID,
+        runtime_decoders: None) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    folder = reexport(classic[0], tmp_path / "exam", encoder(syntax, scratch))
+    files = sorted(folder.rglob("IM*"))
+    assert {pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID
+            for p in files} == {syntax}
+    sidecar = import_exam(folder, tmp_path / "out", size=SIZE)
+    assert arrays(tmp_path / "out") == classic[1]
+    assert sidecar["planes"] == classic[2]["planes"]
+
+
+def test_jpeg_baseline_imports_within_its_loss(classic: tuple[Path, dict, dict], tmp_path: Path,
+                                               runtime_decoders: None) -> None:
+    from PIL import Image
+
+    def eight_bit(ds: Dataset) -> Dataset:  # JPEG Baseline holds 8-bit samples only
+        pixels = (ds.pixel_array // 4).astype(np.uint8)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = pixels.tobytes()
+        return ds
+
+    def baseline(ds: Dataset) -> Dataset:
+        buf = io.BytesIO()
+        Image.fromarray(ds.pixel_array, mode="L").save(buf, format="JPEG", quality=95)
+        set_frames(ds, JPEGBaseline8Bit, [buf.getvalue()])
+        return ds
+
+    raw = reexport(classic[0], tmp_path / "raw", eight_bit)
+    lossy = reexport(raw, tmp_path / "lossy", baseline)
+    import_exam(raw, tmp_path / "raw-out", size=SIZE)
+    import_exam(lossy, tmp_path / "lossy-out", size=SIZE)
+    for plane in PLANES:
+        a = np.load(tmp_path / "raw-out" / f"{plane}.npy").astype(int)
+        b = np.load(tmp_path / "lossy-out" / f"{plane}.npy").astype(int)
+        diff = np.abs(a - b)
+        # Quality 95 on 8-bit samples moves a pixel by a few grey levels (about 0.5 on
+        # average here, 6 at most), and the window stretches the stored range about 1:1.
+        assert diff.mean() < 1 and diff.max() <= 8, (plane, diff.mean(), diff.max())
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
+
+
+def test_a_known_syntax_whose_decoders_are_missing_says_what_to_install(
+        classic: tuple[Path, dict, dict], tmp_path: Path) -> None:
+    folder = reexport(classic[0], tmp_path / "exam", encoder(JPEGLSLossless, tmp_path))
+    decoder = get_decoder(JPEGLSLossless)
+    plugins = {"gdcm": ("pydicom.pixels.decoders.gdcm", "_decode_frame"),
+               "pyjpegls": ("pydicom.pixels.decoders.pyjpegls", "_decode_frame"),
+               "pylibjpeg": ("pydicom.pixels.decoders.pylibjpeg", "_decode_frame")}
+    removed = [label for label in decoder.available_plugins if label in plugins]
+    for label in removed:  # as in an environment without the decoder packages
+        decoder.remove_plugin(label)
+    try:
+        with pytest.raises(DicomError) as info:
+            import_exam(folder, tmp_path / "out", size=SIZE)
+    finally:
+        for label in removed:
+            decoder.add_plugin(label, plugins[label])
+    message = str(info.value)
+    assert re.match(r"^\S+IM\w+: cannot decode the pixel data of series \d '(AX PD|COR T1|SAG "
+                    r"T2)' \(transfer syntax JPEG-LS Lossless Image Compression: .*\); install "
+                    r"a decoder for it \(pylibjpeg with pylibjpeg-libjpeg and "
+                    r"pylibjpeg-openjpeg, and pyjpegls, .*\) or export uncompressed$", message), \
+        message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("syntax", [JPEGLosslessSV1, JPEGLSLossless], ids=["jpeg", "jpeg-ls"])
+def test_a_jpeg_frame_cut_short_is_damaged_not_made_up(classic: tuple[Path, dict, dict],
+                                                       tmp_path: Path, syntax: UID) -> None:
+    # The JPEG and JPEG-LS decoders fill a truncated frame's missing pixels in silently.
+    folder = reexport(classic[0], tmp_path / "exam", encoder(syntax, tmp_path))
+    victim = sorted(folder.rglob("IM*"))[3]
+    ds = pydicom.dcmread(victim)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    set_frames(ds, syntax, [frame[: len(frame) // 2 * 2 - 40]])
+    ds.save_as(victim, enforce_file_format=True)
+    with pytest.raises(DicomError) as info:
+        import_exam(folder, tmp_path / "out", size=SIZE)
+    assert re.match(rf"^{re.escape(str(victim))}: the pixel data of series \d '[A-Z0-9 ]+' is "
+                    rf"damaged or cut short \(transfer syntax {re.escape(syntax.name)}: frame 1 "
+                    r"ends without its end-of-image marker\); re-export the series$",
+                    str(info.value)), str(info.value)
+    assert not (tmp_path / "out").exists()
