@@ -217,3 +217,82 @@ def test_a_jpeg_frame_cut_short_is_damaged_not_made_up(classic: tuple[Path, dict
                     r"ends without its end-of-image marker\); re-export the series$",
                     str(info.value)), str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- in-plane orientation
+
+
+def reverse_rows(ds: Dataset) -> Dataset:
+    """The same slice stored with its row direction reversed: each row the other way."""
+    r = np.array(ds.ImageOrientationPatient[:3], float)
+    corner = np.array(ds.ImagePositionPatient, float) + r * (ds.Columns - 1) * ds.PixelSpacing[1]
+    return restored(ds, ds.pixel_array[:, ::-1], [*(-r), *ds.ImageOrientationPatient[3:]],
+                    corner)
+
+
+def reverse_columns(ds: Dataset) -> Dataset:
+    """The same slice stored with its column direction reversed: the bottom row first."""
+    c = np.array(ds.ImageOrientationPatient[3:], float)
+    corner = np.array(ds.ImagePositionPatient, float) + c * (ds.Rows - 1) * ds.PixelSpacing[0]
+    return restored(ds, ds.pixel_array[::-1], [*ds.ImageOrientationPatient[:3], *(-c)], corner)
+
+
+def transpose(ds: Dataset) -> Dataset:
+    """The same slice stored a quarter turn round: its rows are the classic columns."""
+    orientation = [*ds.ImageOrientationPatient[3:], *ds.ImageOrientationPatient[:3]]
+    ds.PixelSpacing = [ds.PixelSpacing[1], ds.PixelSpacing[0]]
+    return restored(ds, ds.pixel_array.T, orientation, np.array(ds.ImagePositionPatient))
+
+
+def restored(ds: Dataset, pixels: np.ndarray, orientation: list, corner: np.ndarray) -> Dataset:
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds.ImageOrientationPatient = [float(v) + 0.0 for v in orientation]  # no -0.0
+    ds.ImagePositionPatient = [round(float(v), 4) for v in corner]
+    return ds
+
+
+@pytest.mark.parametrize("change, applied", [
+    (reverse_rows, ["flip left-right"]), (reverse_columns, ["flip top-bottom"]),
+    (lambda ds: reverse_columns(reverse_rows(ds)), ["flip left-right", "flip top-bottom"]),
+    (transpose, ["transpose"]),
+], ids=["row-direction-reversed", "column-direction-reversed", "both", "transposed"])
+def test_a_mirrored_or_turned_export_gives_the_classic_arrays(
+        classic: tuple[Path, dict, dict], tmp_path: Path, change: Callable,
+        applied: list[str]) -> None:
+    folder = reexport(classic[0], tmp_path / "exam", change)
+    sidecar = import_exam(folder, tmp_path / "out", size=SIZE)
+    assert arrays(tmp_path / "out") == classic[1]
+    for plane in PLANES:
+        ours, theirs = sidecar["planes"][plane], classic[2]["planes"][plane]
+        assert ours["in_plane"]["applied"] == applied
+        assert ours["in_plane"]["written"] == theirs["in_plane"]["written"]
+        assert ours["in_plane"]["stored"] != theirs["in_plane"]["stored"]
+        rest = {k: v for k, v in ours.items() if k not in ("in_plane", "matrix",
+                                                           "pixel_spacing_mm")}
+        assert rest == {k: v for k, v in theirs.items() if k in rest}
+        assert ours["matrix"] == theirs["matrix"] or applied == ["transpose"]
+
+
+def test_the_classic_export_is_written_as_stored_and_says_so(
+        classic: tuple[Path, dict, dict]) -> None:
+    runs = {plane: classic[2]["planes"][plane]["in_plane"] for plane in PLANES}
+    assert runs["sagittal"]["written"] == {"rows": "anterior to posterior",
+                                           "columns": "head to foot"}
+    assert runs["coronal"]["written"] == {"rows": "right to left", "columns": "head to foot"}
+    assert runs["axial"]["written"] == {"rows": "right to left",
+                                        "columns": "anterior to posterior"}
+    assert all(r["applied"] == [] and r["stored"] == r["written"] for r in runs.values())
+
+
+def test_a_series_with_one_slice_mirrored_is_not_stacked(classic: tuple[Path, dict, dict],
+                                                         tmp_path: Path) -> None:
+    folder = tmp_path / "exam"
+    shutil.copytree(classic[0], folder)
+    axial = [p for p in sorted(folder.rglob("IM*"))
+             if pydicom.dcmread(p, stop_before_pixels=True).SeriesNumber == 7]
+    reverse_rows(pydicom.dcmread(axial[1])).save_as(axial[1], enforce_file_format=True)
+    with pytest.raises(DicomError, match=r"no usable axial series \(found: .*series 7 'AX PD' "
+                                         r"\(slices whose rows or columns run different ways"):
+        import_exam(folder, tmp_path / "out", size=SIZE)
+    assert not (tmp_path / "out").exists()

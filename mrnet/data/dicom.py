@@ -62,6 +62,17 @@ WINDOW_PERCENTILES = (0.5, 99.5)
 # patient's left, y to posterior, z to head) names the plane.
 PLANE_OF_AXIS = {0: "sagittal", 1: "coronal", 2: "axial"}
 AXIS_ORDER = {0: "right to left", 1: "anterior to posterior", 2: "foot to head"}
+DIRECTIONS = {(0, 1): "right to left", (0, -1): "left to right",
+              (1, 1): "anterior to posterior", (1, -1): "posterior to anterior",
+              (2, 1): "foot to head", (2, -1): "head to foot"}
+# The in-plane orientation every series is written in: (patient axis, sign) of the way a row
+# runs (left to right in the image) and of the way a column runs (top to bottom). It is the
+# usual display's, which the classic exports have (sagittal: anterior left, head up; coronal
+# and axial: the patient's right on the left, head or anterior up), so a series stored
+# mirrored or transposed is put back to it and every exam of the model shows the anatomy
+# the same way round.
+IN_PLANE = {"sagittal": ((1, 1), (2, -1)), "coronal": ((0, 1), (2, -1)),
+            "axial": ((0, 1), (1, 1))}
 # MRNet's series (Bien et al. 2018): sagittal T2 (fat-saturated), coronal T1, axial PD.
 PREFERRED_CONTRAST = {"sagittal": "T2", "coronal": "T1", "axial": "PD"}
 LOCALIZER_WORDS = re.compile(r"\b(loc|localizer|localiser|scout|survey|3[- ]?plane)\b",
@@ -98,6 +109,14 @@ class SliceHeader:
     pixel_spacing: tuple[float, float]  # (between rows, between columns) mm
     spacing_given: bool = True  # False: no PixelSpacing, square 1 mm pixels assumed
     defect: str = ""  # why this slice cannot be part of an exam (empty: none)
+    frame: int | None = None  # its frame (from 0) in a multi-frame file; None: a file a slice
+    rescale: tuple[Any, Any] = (None, None)  # RescaleSlope, RescaleIntercept as written
+    unusable: str = ""  # why its series cannot be read at all (empty: it can)
+
+    @property
+    def name(self) -> str:
+        """The file's name, and the frame's number (from 1) in a multi-frame file."""
+        return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame + 1}"
 
 
 @dataclass
@@ -150,9 +169,12 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
-def read_header(path: Path) -> SliceHeader | None:
-    """The header of one file; None when it is not a DICOM image (DICOMDIR, reports, other
-    files).
+def read_headers(path: Path) -> list[SliceHeader] | None:
+    """The headers of one file's slices: one for a classic file, one per frame for a
+    multi-frame one (Enhanced MR: geometry, pixel measures and rescale per frame in
+    ``PerFrameFunctionalGroupsSequence``, or for all frames in
+    ``SharedFunctionalGroupsSequence``). None when it is not a DICOM image (DICOMDIR,
+    reports, other files).
 
     Raises:
         DicomError: a DICOM file that cannot be read, or an image file missing what every
@@ -191,14 +213,87 @@ def read_header(path: Path) -> SliceHeader | None:
         number = int(ds.get("SeriesNumber"))
     except (TypeError, ValueError):
         number = None
-    defect = ""
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
     except (TypeError, ValueError):
         rows, cols = 0, 0
+    matrix = ""
     if not (0 < rows <= MAX_MATRIX and 0 < cols <= MAX_MATRIX):
-        defect = (f"a matrix of {ds.get('Rows')} x {ds.get('Columns')} (Rows x Columns; at most "
+        matrix = (f"a matrix of {ds.get('Rows')} x {ds.get('Columns')} (Rows x Columns; at most "
                   f"{MAX_MATRIX} x {MAX_MATRIX} is read)")
+    common = {"path": path, "study_uid": str(ds.get("StudyInstanceUID", "")),
+              "series_uid": str(ds.SeriesInstanceUID), "series_number": number,
+              "description": str(ds.get("SeriesDescription", "")).strip(),
+              "image_type": tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+              "rows": rows, "cols": cols}
+    grouped = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    frames = _number_of_frames(ds)
+    if not grouped and frames == 1:
+        return [_slice_header(common, ds, matrix)]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if frames is None or len(per_frame) != frames:
+        why = (f"a multi-frame file of NumberOfFrames {ds.get('NumberOfFrames')!s} with "
+               f"{len(per_frame)} PerFrameFunctionalGroupsSequence items, so without a "
+               "position for each frame")
+        return [SliceHeader(**common, orientation=None, position=None, pixel_spacing=(1, 1),
+                            unusable=f"{path.name} is {why}")]
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    return [_slice_header(common, _FrameView(ds, shared, item), matrix, frame=k)
+            for k, item in enumerate(per_frame)]
+
+
+def _number_of_frames(ds: Any) -> int | None:
+    """NumberOfFrames (1 when absent); None when it is not a positive integer."""
+    raw = ds.get("NumberOfFrames")
+    if raw is None or str(raw).strip() == "":
+        return 1
+    try:
+        frames = int(raw)
+    except (TypeError, ValueError):
+        return None
+    return frames if frames > 0 else None
+
+
+# Where Enhanced MR keeps what a classic file has at the top level: keyword -> the
+# functional group (a sequence of one item) that holds it.
+FUNCTIONAL_GROUPS = {
+    "ImageOrientationPatient": "PlaneOrientationSequence",
+    "ImagePositionPatient": "PlanePositionSequence",
+    "PixelSpacing": "PixelMeasuresSequence",
+    "RescaleSlope": "PixelValueTransformationSequence",
+    "RescaleIntercept": "PixelValueTransformationSequence",
+}
+
+
+class _FrameView:
+    """One frame of a multi-frame file, read like a classic file: each keyword of
+    :data:`FUNCTIONAL_GROUPS` from the frame's own functional groups, else the shared ones,
+    else the top level."""
+
+    def __init__(self, ds: Any, shared: Any, item: Any) -> None:
+        self.ds, self.groups = ds, [g for g in (item, shared) if g is not None]
+
+    def _find(self, name: str) -> tuple[bool, Any]:
+        sequence = FUNCTIONAL_GROUPS.get(name)
+        if sequence is not None:
+            for group in self.groups:
+                items = group.get(sequence) or []
+                if items and name in items[0]:
+                    return True, items[0].get(name)
+        return (name in self.ds), self.ds.get(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        found, value = self._find(name)
+        return value if found else default
+
+    def __contains__(self, name: str) -> bool:
+        return self._find(name)[0]
+
+
+def _slice_header(common: dict[str, Any], ds: Any, matrix: str,
+                  frame: int | None = None) -> SliceHeader:
+    """One slice's header from a classic file's dataset or a :class:`_FrameView`."""
+    defect = matrix
     spacing = _floats(ds, "PixelSpacing", 2)
     given = "PixelSpacing" in ds
     if given and (spacing is None or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0)):
@@ -209,16 +304,10 @@ def read_header(path: Path) -> SliceHeader | None:
     if position is not None and not np.all(np.isfinite(position)):
         defect = defect or f"ImagePositionPatient {position.tolist()} is not finite"
     return SliceHeader(
-        path=path, study_uid=str(ds.get("StudyInstanceUID", "")),
-        series_uid=str(ds.SeriesInstanceUID),
-        series_number=number,
-        description=str(ds.get("SeriesDescription", "")).strip(),
-        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
-        orientation=_floats(ds, "ImageOrientationPatient", 6),
-        position=position,
-        rows=rows, cols=cols,
+        **common, orientation=_floats(ds, "ImageOrientationPatient", 6), position=position,
         pixel_spacing=(1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1])),
-        spacing_given=given, defect=defect)
+        spacing_given=given, defect=defect, frame=frame,
+        rescale=(ds.get("RescaleSlope"), ds.get("RescaleIntercept")))
 
 
 def scan_exam(folder: str | Path) -> tuple[list[Series], list[Path]]:
@@ -235,11 +324,11 @@ def scan_exam(folder: str | Path) -> tuple[list[Series], list[Path]]:
     headers: list[SliceHeader] = []
     skipped: list[Path] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        header = read_header(path)
-        if header is None:
+        found = read_headers(path)
+        if found is None:
             skipped.append(path)
         else:
-            headers.append(header)
+            headers.extend(found)
     if not headers:
         raise DicomError(f"{folder}: no DICOM images found ({len(skipped)} other files)")
     studies: dict[str, SliceHeader] = {}
@@ -261,18 +350,39 @@ def scan_exam(folder: str | Path) -> tuple[list[Series], list[Path]]:
     return series, skipped
 
 
+def _one_in_plane_orientation(slices: list[SliceHeader]) -> bool:
+    """Whether every slice's rows, and every slice's columns, run the same way: a slice
+    mirrored against the others (same plane, so the same normal up to its sign) would be
+    stacked mirrored."""
+    for part in (slice(0, 3), slice(3, 6)):  # the row, then the column direction cosines
+        cosines = np.array([h.orientation[part] for h in slices])
+        cosines /= np.linalg.norm(cosines, axis=1)[:, None]
+        if (cosines @ cosines[0]).min() < 0.99:
+            return False
+    return True
+
+
 def classify(series: Series) -> Series:
     """Set ``series.plane`` (None when unusable) and ``series.reason``."""
     first = series.slices[0]
     if "LOCALIZER" in first.image_type or LOCALIZER_WORDS.search(series.description):
         series.reason = "localizer"
         return series
-    if any(h.orientation is None or h.position is None for h in series.slices):
-        series.reason = "no ImageOrientationPatient/ImagePositionPatient"
+    unreadable = next((h.unusable for h in series.slices if h.unusable), "")
+    if unreadable:
+        series.reason = unreadable
+        return series
+    lacking = next((h for h in series.slices if h.orientation is None or h.position is None),
+                   None)
+    if lacking is not None:
+        series.reason = (f"no ImageOrientationPatient/ImagePositionPatient in {lacking.name}"
+                         if lacking.frame is None else
+                         f"no PlaneOrientationSequence/PlanePositionSequence for {lacking.name} "
+                         "(in its per-frame or shared functional groups)")
         return series
     bad = next((h for h in series.slices if not np.all(np.isfinite(h.orientation))), None)
     if bad is not None:
-        series.reason = f"ImageOrientationPatient is not finite in {bad.path.name}"
+        series.reason = f"ImageOrientationPatient is not finite in {bad.name}"
         return series
     normals = np.array([np.cross(h.orientation[:3], h.orientation[3:]) for h in series.slices])
     lengths = np.linalg.norm(normals, axis=1)
@@ -283,6 +393,9 @@ def classify(series: Series) -> Series:
     normal = normals[0]
     if np.abs(normals @ normal).min() < 0.99:  # more than ~8 degrees apart
         series.reason = "slices in several orientations (a localizer?)"
+        return series
+    if not _one_in_plane_orientation(series.slices):
+        series.reason = "slices whose rows or columns run different ways (ImageOrientationPatient)"
         return series
     if len({(h.rows, h.cols) for h in series.slices}) > 1:
         series.reason = "slices of different matrix sizes"
@@ -297,7 +410,7 @@ def classify(series: Series) -> Series:
     series.info["obliquity_deg"] = round(float(np.degrees(np.arccos(min(1.0, normal[axis])))), 1)
     flawed = next((h for h in series.slices if h.defect), None)
     if flawed is not None:
-        series.defect = f"{flawed.path.name} has {flawed.defect}"
+        series.defect = f"{flawed.name} has {flawed.defect}"
         return series
     if len({h.pixel_spacing for h in series.slices}) > 1:
         series.defect = "its slices have different PixelSpacing"
@@ -321,8 +434,8 @@ def classify(series: Series) -> Series:
     if abs(gaps[worst] - step) > max(SPACING_ABS_MM, SPACING_TOLERANCE * step):
         missing = f", {round(gaps[worst] / step) - 1} slice(s) missing?" \
             if gaps[worst] > 1.5 * step else ""
-        series.defect = (f"a spacing of {gaps[worst]:.2f} mm between {ordered[worst].path.name} "
-                         f"and {ordered[worst + 1].path.name} (at {positions[worst]:.2f} and "
+        series.defect = (f"a spacing of {gaps[worst]:.2f} mm between {ordered[worst].name} "
+                         f"and {ordered[worst + 1].name} (at {positions[worst]:.2f} and "
                          f"{positions[worst + 1]:.2f} mm) where the series' spacing is "
                          f"{step:.2f} mm{missing}")
     return series
@@ -405,31 +518,41 @@ def choose_series(series: list[Series], requests: Sequence[str] = (),
 
 
 def read_pixels(series: Series) -> tuple[np.ndarray, list[SliceHeader]]:
-    """The series' slices in anatomical order as float32 (S, rows, cols), rescaled.
+    """The series' slices in anatomical order as float32 (S, rows, cols), rescaled, as
+    stored (in-plane orientation untouched: see :func:`orient_in_plane`).
 
     Raises:
         DicomError: a file's pixel data cannot be decoded (names the file and its transfer
-            syntax) or is not one grey channel.
+            syntax) or is not one grey image per slice.
     """
     import pydicom
 
     assert series.normal is not None, "classify() first"
     ordered = sorted(series.slices, key=lambda h: float(h.position @ series.normal))
-    out = np.empty((len(ordered), ordered[0].rows, ordered[0].cols), dtype=np.float32)
+    rows, cols = ordered[0].rows, ordered[0].cols
+    out = np.empty((len(ordered), rows, cols), dtype=np.float32)
     slopes, intercepts = set(), set()
+    by_file: dict[Path, list[tuple[int, SliceHeader]]] = {}
     for i, h in enumerate(ordered):
-        ds = pydicom.dcmread(h.path)
-        slope, intercept = _rescale(ds, h.path, series)
-        pixels = _decode(ds, h.path, series)
-        if pixels.shape != (h.rows, h.cols):
-            raise DicomError(f"{h.path}: pixel data of shape {pixels.shape} in {series.label()};"
-                             f" expected one grey image of {h.rows} x {h.cols} per file")
-        slopes.add(slope)
-        intercepts.add(intercept)
-        value = pixels.astype(np.float32) * slope + intercept
-        if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-            value = -value  # MONOCHROME1 shows low values bright
-        out[i] = value
+        by_file.setdefault(h.path, []).append((i, h))
+    for path, slices in by_file.items():  # a multi-frame file is read and decoded once
+        ds = pydicom.dcmread(path)
+        multi = slices[0][1].frame is not None
+        frames = _number_of_frames(ds) if multi else 1
+        pixels = _decode(ds, path, series)
+        expected = (frames, rows, cols) if frames > 1 else (rows, cols)
+        if pixels.shape != expected:
+            what = f"{frames} grey frames" if frames > 1 else "one grey image"
+            raise DicomError(f"{path}: pixel data of shape {pixels.shape} in {series.label()};"
+                             f" expected {what} of {rows} x {cols}")
+        pixels = pixels.reshape(frames, rows, cols)
+        negate = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+        for i, h in slices:
+            slope, intercept = _rescale(h, series)
+            slopes.add(slope)
+            intercepts.add(intercept)
+            value = pixels[h.frame or 0].astype(np.float32) * slope + intercept
+            out[i] = -value if negate else value  # MONOCHROME1 shows low values bright
     series.info["rescale_slope"] = sorted(slopes)
     series.info["rescale_intercept"] = sorted(intercepts)
     return out, ordered
@@ -479,24 +602,66 @@ def _decode(ds: Any, path: Path, series: Series) -> np.ndarray:
         raise DicomError(damaged.format(text[:200])) from None
 
 
-def _rescale(ds: Any, path: Path, series: Series) -> tuple[float, float]:
-    """A file's RescaleSlope and RescaleIntercept, checked to give a real image."""
+def _rescale(header: SliceHeader, series: Series) -> tuple[float, float]:
+    """A slice's RescaleSlope and RescaleIntercept, checked to give a real image."""
     values = []
-    for name, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
-        raw = ds.get(name)
+    for name, raw, default in zip(("RescaleSlope", "RescaleIntercept"), header.rescale,
+                                  (1.0, 0.0)):
+        where = f"{header.path}: {name} {raw!s}"
+        if header.frame is not None:
+            where += f" of frame {header.frame + 1}"
         try:
             value = default if raw is None or str(raw).strip() == "" else float(raw)
         except (TypeError, ValueError):
-            raise DicomError(f"{path}: {name} {raw!s} in {series.label()} is not a number; "
+            raise DicomError(f"{where} in {series.label()} is not a number; "
                              "re-export the series") from None
         if not np.isfinite(value):
-            raise DicomError(f"{path}: {name} {raw!s} in {series.label()} is not finite; "
+            raise DicomError(f"{where} in {series.label()} is not finite; "
                              "re-export the series")
         values.append(value)
     if values[0] == 0:
-        raise DicomError(f"{path}: RescaleSlope 0 in {series.label()} would make every pixel "
-                         f"{values[1]}; re-export the series")
+        raise DicomError(f"{header.path}: RescaleSlope 0 in {series.label()} would make every "
+                         f"pixel {values[1]}; re-export the series")
     return values[0], values[1]
+
+
+def orient_in_plane(volume: np.ndarray, orientation: np.ndarray, plane: str,
+                    pixel_spacing: tuple[float, float]
+                    ) -> tuple[np.ndarray, tuple[float, float], dict[str, Any]]:
+    """A (S, rows, cols) series turned to the plane's :data:`IN_PLANE` orientation.
+
+    Args:
+        volume: the slices as stored.
+        orientation: the series' ``ImageOrientationPatient`` (row, then column cosines).
+        plane: the series' plane.
+        pixel_spacing: (between rows, between columns) in mm, as stored.
+    Returns:
+        The volume (transposed and/or flipped as needed), its pixel spacing, and what was
+        done: how rows and columns ran as stored and the steps applied, in order.
+    """
+    r, c = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+
+    def runs(v: np.ndarray) -> str:
+        axis = int(np.argmax(np.abs(v)))
+        return DIRECTIONS[(axis, 1 if v[axis] > 0 else -1)]
+
+    stored = {"rows": runs(r), "columns": runs(c)}
+    (h_axis, h_sign), (v_axis, v_sign) = IN_PLANE[plane]
+    applied = []
+    # Rows running mostly top to bottom (and columns across): the image is turned a quarter.
+    if abs(r[v_axis]) + abs(c[h_axis]) > abs(r[h_axis]) + abs(c[v_axis]):
+        volume, r, c = volume.transpose(0, 2, 1), c, r
+        pixel_spacing = (pixel_spacing[1], pixel_spacing[0])
+        applied.append("transpose")
+    if r[h_axis] * h_sign < 0:
+        volume = volume[:, :, ::-1]
+        applied.append("flip left-right")
+    if c[v_axis] * v_sign < 0:
+        volume = volume[:, ::-1, :]
+        applied.append("flip top-bottom")
+    written = {"rows": DIRECTIONS[IN_PLANE[plane][0]], "columns": DIRECTIONS[IN_PLANE[plane][1]]}
+    return (np.ascontiguousarray(volume), pixel_spacing,
+            {"stored": stored, "applied": applied, "written": written})
 
 
 def to_mrnet(volume: np.ndarray, pixel_spacing: tuple[float, float],
@@ -580,7 +745,11 @@ def import_exam(folder: str | Path, out_dir: str | Path, series: Sequence[str] =
     for plane in PLANES:
         s = chosen[plane]
         pixels, ordered = read_pixels(s)
-        volumes[plane], resample = to_mrnet(pixels, ordered[0].pixel_spacing, size)
+        # Turned before resampling: padding to a square is the same on either side only
+        # when the margin is even, so a mirrored export is put back while still exact.
+        pixels, spacing, in_plane = orient_in_plane(pixels, ordered[0].orientation, plane,
+                                                    ordered[0].pixel_spacing)
+        volumes[plane], resample = to_mrnet(pixels, spacing, size)
         positions = [float(h.position @ s.normal) for h in ordered]
         gaps = np.diff(positions)
         planes[plane] = {
@@ -589,7 +758,9 @@ def import_exam(folder: str | Path, out_dir: str | Path, series: Sequence[str] =
             "order": f"by position along the slice normal, {AXIS_ORDER[s.axis]}",
             "position_mm": [round(positions[0], 2), round(positions[-1], 2)],
             "slice_spacing_mm": round(float(np.median(gaps)), 3) if len(gaps) else None,
-            "files": [h.path.relative_to(folder).as_posix() for h in ordered],
+            "files": [h.path.relative_to(folder).as_posix()
+                      + ("" if h.frame is None else f" frame {h.frame + 1}") for h in ordered],
+            "in_plane": in_plane,
             **({} if ordered[0].spacing_given else
                {"pixel_spacing_note": "no PixelSpacing in the headers; square pixels assumed"}),
             **s.info, **resample}
