@@ -296,3 +296,168 @@ def test_a_series_with_one_slice_mirrored_is_not_stacked(classic: tuple[Path, di
                                          r"\(slices whose rows or columns run different ways"):
         import_exam(folder, tmp_path / "out", size=SIZE)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- Enhanced MR
+
+
+def as_enhanced(classic_folder: Path, dest: Path, orientation_in: str = "shared",
+                syntax: UID | None = None, seed: int = 0) -> dict[int, Path]:
+    """The classic export rewritten as Enhanced MR: one multi-frame file per series, frames
+    in a shuffled order, positions and rescale per frame, pixel spacing (and orientation, or
+    per frame with ``orientation_in="per-frame"``) in the shared functional groups.
+
+    Returns:
+        {series number: its file}.
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    def group(**values: object) -> Dataset:
+        item = Dataset()
+        for name, value in values.items():
+            setattr(item, name, value)
+        return item
+
+    series: dict[int, list[Dataset]] = {}
+    for path in sorted(classic_folder.rglob("IM*")):
+        ds = pydicom.dcmread(path)
+        series.setdefault(int(ds.SeriesNumber), []).append(ds)
+    rng = np.random.default_rng(seed)
+    out = {}
+    dest.mkdir(parents=True)
+    for number, slices in series.items():
+        slices = [slices[i] for i in rng.permutation(len(slices))]
+        first = slices[0]
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = EnhancedMRImageStorage, meta.MediaStorageSOPInstanceUID
+        for name in ("Modality", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber",
+                     "SeriesDescription", "Rows", "Columns", "SamplesPerPixel",
+                     "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
+                     "PixelRepresentation"):
+            setattr(ds, name, first.get(name))
+        ds.ImageType = [*first.ImageType[:3], "NONE"]
+        ds.InstanceNumber = 1
+        ds.NumberOfFrames = len(slices)
+        shared = group(PixelMeasuresSequence=Sequence([group(
+            PixelSpacing=first.PixelSpacing, SliceThickness=3.5)]))
+        if orientation_in == "shared":
+            shared.PlaneOrientationSequence = Sequence([group(
+                ImageOrientationPatient=first.ImageOrientationPatient)])
+        ds.SharedFunctionalGroupsSequence = Sequence([shared])
+        frames = []
+        for k, s in enumerate(slices):
+            item = group(
+                FrameContentSequence=Sequence([group(InStackPositionNumber=k + 1)]),
+                PlanePositionSequence=Sequence([group(
+                    ImagePositionPatient=s.ImagePositionPatient)]),
+                PixelValueTransformationSequence=Sequence([group(
+                    RescaleSlope=s.RescaleSlope, RescaleIntercept=s.RescaleIntercept,
+                    RescaleType="US")]))
+            if orientation_in == "per-frame":
+                item.PlaneOrientationSequence = Sequence([group(
+                    ImageOrientationPatient=s.ImageOrientationPatient)])
+            frames.append(item)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+        ds.PixelData = b"".join(s.PixelData for s in slices)
+        if syntax is not None:
+            ds.compress(syntax)
+        out[number] = dest / "DICOM" / f"IM{number:04d}"
+        out[number].parent.mkdir(exist_ok=True)
+        ds.save_as(out[number], enforce_file_format=True)
+    return out
+
+
+@pytest.mark.parametrize("orientation_in, syntax", [
+    ("shared", None), ("per-frame", None), ("shared", JPEGLSLossless),
+], ids=["shared-orientation", "per-frame-orientation", "jpeg-ls"])
+def test_enhanced_mr_imports_to_the_classic_arrays(classic: tuple[Path, dict, dict],
+                                                   tmp_path: Path, orientation_in: str,
+                                                   syntax: UID | None) -> None:
+    files = as_enhanced(classic[0], tmp_path / "exam", orientation_in, syntax)
+    assert sorted(p.name for p in (tmp_path / "exam").rglob("*") if p.is_file()) == \
+        sorted(p.name for p in files.values())  # one file per series, nothing else
+    sidecar = import_exam(tmp_path / "exam", tmp_path / "out", size=SIZE)
+    assert arrays(tmp_path / "out") == classic[1]
+    for plane in PLANES:
+        ours, theirs = sidecar["planes"][plane], classic[2]["planes"][plane]
+        number = ours["series_number"]
+        # Frames in slice order, whatever their order in the file (write_exam's positions
+        # lie on the plane's axis and rise in anatomical order).
+        ds = pydicom.dcmread(files[number])
+        position = {k + 1: float(sum(item.PlanePositionSequence[0].ImagePositionPatient))
+                    for k, item in enumerate(ds.PerFrameFunctionalGroupsSequence)}
+        assert list(position.values()) != sorted(position.values())  # shuffled in the file
+        assert ours["files"] == [f"DICOM/{files[number].name} frame {k}"
+                                 for k in sorted(position, key=position.get)]
+        rest = {k: v for k, v in ours.items() if k not in ("files", "series_uid")}
+        assert rest == {k: v for k, v in theirs.items() if k in rest}
+
+
+def drop_position(ds: Dataset) -> None:
+    del ds.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence
+
+
+def claim_more_frames(ds: Dataset) -> None:
+    ds.NumberOfFrames = len(ds.PerFrameFunctionalGroupsSequence) + 1
+
+
+def classic_multi_frame(ds: Dataset) -> None:  # frames, but no functional groups at all
+    first = ds.PerFrameFunctionalGroupsSequence[0]
+    ds.ImagePositionPatient = first.PlanePositionSequence[0].ImagePositionPatient
+    ds.ImageOrientationPatient = \
+        ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    del ds.PerFrameFunctionalGroupsSequence, ds.SharedFunctionalGroupsSequence
+
+
+def nan_position(ds: Dataset) -> None:
+    ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence[0].ImagePositionPatient = \
+        ["nan", "nan", "nan"]
+
+
+def nan_slope(ds: Dataset) -> None:
+    ds.PerFrameFunctionalGroupsSequence[1].PixelValueTransformationSequence[0].RescaleSlope = \
+        "nan"
+
+
+def short_pixels(ds: Dataset) -> None:
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 4 * 3]
+
+
+@pytest.mark.parametrize("damage, match", [
+    (drop_position, (r"no usable axial series \(found: .*series 7 'AX PD' \(no "
+                    r"PlaneOrientationSequence/PlanePositionSequence for IM0007 frame 2 \(in its "
+                    r"per-frame or shared functional groups\)\)")),
+    (claim_more_frames, (r"no usable axial series \(found: .*series 7 'AX PD' \(IM0007 is a "
+                        r"multi-frame file of NumberOfFrames 5 with 4 "
+                        r"PerFrameFunctionalGroupsSequence items, so without a position for "
+                        r"each frame\)")),
+    (classic_multi_frame, (r"series 7 'AX PD' \(IM0007 is a multi-frame file of NumberOfFrames 4 "
+                          r"with 0 PerFrameFunctionalGroupsSequence items")),
+    (nan_position, (r"series 7 'AX PD' \(axial\): IM0007 frame 3 has ImagePositionPatient "
+                   r"\[nan, nan, nan\] is not finite; re-export the series$")),
+    (nan_slope, r"IM0007: RescaleSlope nan of frame 2 in series 7 'AX PD' is not finite"),
+    (short_pixels, r"IM0007: the pixel data of series 7 'AX PD' is damaged or cut short"),
+], ids=["frame-without-position", "more-frames-than-groups", "no-functional-groups",
+        "nan-position", "nan-rescale", "pixels-cut-short"])
+def test_enhanced_mr_that_cannot_be_read_is_one_named_error(
+        classic: tuple[Path, dict, dict], tmp_path: Path, damage: Callable[[Dataset], None],
+        match: str, capsys: pytest.CaptureFixture) -> None:
+    from mrnet.cli import cmd_import_dicom
+
+    files = as_enhanced(classic[0], tmp_path / "exam")
+    ds = pydicom.dcmread(files[7])
+    damage(ds)
+    ds.save_as(files[7], enforce_file_format=True)
+    with pytest.raises(SystemExit) as exc:
+        cmd_import_dicom([str(tmp_path / "exam"), str(tmp_path / "out"), "--size", "32"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and re.search(match, err[0]), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exam"]  # nothing written
