@@ -11,6 +11,7 @@ import re
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -713,3 +714,155 @@ def test_mura_image_bombs_are_refused_naming_the_file(tmp_path: Path, kind: str)
         finally:
             tracemalloc.stop()
         assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- the rows above, through commands
+
+
+def run_stage(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """A stage entry point as DVC runs it: from ``cwd``, reading its params there."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    return subprocess.run([sys.executable, str(PROJECT / "stages" / script)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def one_error_line(run: subprocess.CompletedProcess) -> str:
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and run.stderr.strip().splitlines()[-1] == errors[0], run.stderr
+    return errors[0]
+
+
+def _evil_pickle(marker: Path) -> bytes:
+    # Unpickling it would run `touch marker` (os.system), as a hostile volume would.
+    return (b"cposix\nsystem\n(X" + len(f"touch {marker}").to_bytes(4, "little")
+            + f"touch {marker}".encode() + b"tR.")
+
+
+@pytest.mark.parametrize("damage", ["runs-code", "bare-ndarray", "claims-more-than-its-bytes",
+                                    "metadata-integer"])
+def test_hostile_kneemri_files_stop_prepare_in_one_line(tmp_path: Path, damage: str) -> None:
+    from test_kneemri import TINY
+
+    from mrnet.kneemri.synthetic import generate_kneemri
+
+    root = tmp_path / "KneeMRI"
+    generate_kneemri(root, TINY)
+    text = (PROJECT / "params.yaml").read_text()
+    for key, value in (("enabled", "true"), ("root", "KneeMRI"), ("out", "out")):
+        text = edited(text, "kneemri", key, value)
+    (tmp_path / "params.yaml").write_text(text)
+    marker = tmp_path / "pwned"
+    victim = sorted(root.glob("vol*/*.pck"))[1]
+    if damage == "runs-code":
+        victim.write_bytes(_evil_pickle(marker))
+        named = f"{victim.relative_to(tmp_path)}: refused to unpickle posix.system"
+    elif damage == "bare-ndarray":
+        victim.write_bytes(BARE_NDARRAY)
+        named = f"{victim.relative_to(tmp_path)}: refused a bare numpy.ndarray construction"
+    elif damage == "claims-more-than-its-bytes":
+        victim.write_bytes(_frombuffer_pickle(16, (1000, 1024, 1024)))
+        named = (f"{victim.relative_to(tmp_path)}: refused an array of shape (1000, 1024, 1024) "
+                 "(uint8) from 16 bytes of data")
+    else:
+        meta = root / "metadata.csv"
+        lines = meta.read_text().splitlines()
+        header = lines[0].split(",")
+        row = lines[2].split(",")
+        row[header.index("roiX")] = "--1"
+        lines[2] = ",".join(row)
+        meta.write_text("\n".join(lines) + "\n")
+        named = f"{meta.relative_to(tmp_path)}:3: roiX must be an integer"
+    before = snapshot(tmp_path)
+    error = one_error_line(run_stage("kneemri/prepare.py", tmp_path))
+    assert error.startswith("error: ") and named in error, error
+    assert not marker.exists()  # nothing ran
+    assert snapshot(tmp_path) == before  # nothing written: no out/, no temp folder
+
+
+@pytest.mark.parametrize("kind", ["30000x30000", "ztxt"])
+def test_mura_image_bombs_stop_validate_in_one_line(tmp_path: Path, kind: str) -> None:
+    from test_mura_data import write_dataset
+
+    root = tmp_path / "MURA-v1.1"
+    write_dataset(root)
+    (tmp_path / "mura").mkdir()
+    (tmp_path / "mura" / "params.yaml").write_text(edited(
+        (PROJECT / "mura" / "params.yaml").read_text(), "data", "root", "MURA-v1.1"))
+    victim = root / "valid" / "XR_FINGER" / "patient11186" / "study1_negative" / "image1.png"
+    victim.write_bytes(_ztxt_bomb(tmp_path) if kind == "ztxt" else
+                       _png_header_claiming(30000, 30000))
+    before = snapshot(tmp_path)
+    error = one_error_line(run_stage("mura/validate.py", tmp_path))
+    assert error.startswith(f"error: {victim}: ") and (
+        "decompression bomb" in error or "Too Large" in error or "too large" in error), error
+    assert snapshot(tmp_path) == before  # no mura/metrics/dataset.json
+
+
+def _cut_header(folder: Path) -> Path:
+    victim = slices_of(folder, 5)[1]
+    victim.write_bytes(victim.read_bytes()[:300])
+    return victim
+
+
+def _missing_slice(folder: Path) -> Path:
+    files = slices_of(folder, 3)
+    files[1].unlink()
+    return files[0]
+
+
+def _set(number: int, index: int, **tags: object) -> Callable[[Path], Path]:
+    def damage(folder: Path) -> Path:
+        victim = slices_of(folder, number)[index]
+        set_tags(victim, **tags)
+        return victim
+    return damage
+
+
+@pytest.mark.parametrize("damage, says", [
+    (_cut_header, "(cut short?); re-export the exam"),
+    (_missing_slice, "1 slice(s) missing?"),
+    (_set(5, 2, ImagePositionPatient=["nan", "nan", "nan"]), "is not finite"),
+    (_set(7, 1, ImagePositionPatient=[0.0, 0.0, -15.5]), "a spacing of"),
+    (_set(5, 2, PixelSpacing=[0.0, 0.0]), "PixelSpacing [0.0, 0.0] (needs two positive"),
+    (_set(5, 2, PixelSpacing=[-2.0, -2.0]), "PixelSpacing [-2.0, -2.0] (needs two positive"),
+    (_set(7, 0, Rows=65535, Columns=65535), "is 65535 x 65535, 3 others 32 x 32"),
+    (_set(3, 3, RescaleIntercept="inf"), "RescaleIntercept inf"),
+    (_set(3, 3, RescaleSlope="0"), "RescaleSlope 0"),
+], ids=["cut-header", "missing-slice", "nan-position", "irregular-spacing", "zero-spacing",
+        "negative-spacing", "huge-matrix", "inf-rescale", "zero-slope"])
+def test_dicom_rows_through_import_dicom(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         damage: Callable[[Path], Path], says: str) -> None:
+    from mrnet.cli import cmd_import_dicom
+
+    folder = fresh_exam(tmp_path)
+    out = tmp_path / "out"
+    cmd_import_dicom([str(folder), str(out), "--size", "32"])  # an earlier import
+    capsys.readouterr()
+    before = snapshot(out)
+    victim = damage(folder)
+    with pytest.raises(SystemExit) as exc:
+        cmd_import_dicom([str(folder), str(out), "--size", "32"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and victim.name in err[0], err
+    assert says in err[0], err
+    assert snapshot(out) == before  # the earlier import whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exam", "out"]  # no temp folder
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_import_dicom_files_get_the_umask_mode(scanner_exam: Path, tmp_path: Path,
+                                               umask: int, capsys: pytest.CaptureFixture) -> None:
+    from mrnet.cli import cmd_import_dicom
+
+    old = os.umask(umask)
+    try:
+        cmd_import_dicom([str(scanner_exam), str(tmp_path / "out"), "--size", "32"])
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
+    assert modes == dict.fromkeys(["axial.npy", "coronal.npy", "sagittal.npy", "dicom.json"],
+                                  0o666 & ~umask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask

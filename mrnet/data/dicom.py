@@ -42,6 +42,7 @@ import logging
 import re
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -397,8 +398,12 @@ def classify(series: Series) -> Series:
     if not _one_in_plane_orientation(series.slices):
         series.reason = "slices whose rows or columns run different ways (ImageOrientationPatient)"
         return series
-    if len({(h.rows, h.cols) for h in series.slices}) > 1:
-        series.reason = "slices of different matrix sizes"
+    sizes = Counter((h.rows, h.cols) for h in series.slices)
+    if len(sizes) > 1:
+        common = sizes.most_common(1)[0][0]
+        odd = next(h for h in series.slices if (h.rows, h.cols) != common)
+        series.reason = (f"slices of different matrix sizes ({odd.name} is {odd.rows} x "
+                         f"{odd.cols}, {sizes[common]} others {common[0]} x {common[1]})")
         return series
     if len(series.slices) < MIN_SLICES:
         series.reason = f"only {len(series.slices)} slice(s)"
