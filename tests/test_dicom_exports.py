@@ -238,7 +238,7 @@ def reverse_columns(ds: Dataset) -> Dataset:
 
 
 def transpose(ds: Dataset) -> Dataset:
-    """The same slice stored a quarter turn round: its rows are the classic columns."""
+    """The same slice stored transposed: its rows are the classic columns."""
     orientation = [*ds.ImageOrientationPatient[3:], *ds.ImageOrientationPatient[:3]]
     ds.PixelSpacing = [ds.PixelSpacing[1], ds.PixelSpacing[0]]
     return restored(ds, ds.pixel_array.T, orientation, np.array(ds.ImagePositionPatient))

@@ -1,13 +1,16 @@
 """A scanner's DICOM export of one knee exam, turned into the three MRNet series.
 
-A scanner exports one file per slice, several series per exam (a localizer, the diagnostic
-series of each plane, sometimes more than one per plane), with file names that say nothing.
-:func:`import_exam` reads every file's header, groups the files by series, and for each series
+A scanner exports one file per slice (or, as Enhanced MR, one multi-frame file per series),
+several series per exam (a localizer, the diagnostic series of each plane, sometimes more than
+one per plane), with file names that say nothing. :func:`import_exam` reads every file's
+header (every frame's, from the per-frame and shared functional groups of a multi-frame file),
+groups the slices by series, and for each series
 
 - tells its plane from ``ImageOrientationPatient``: the slice normal (row x column cosines)
   points mostly along the patient's x axis (sagittal), y (coronal) or z (axial);
-- ignores it when it is a localizer (``ImageType`` or description), mixes orientations, has
-  fewer than :data:`MIN_SLICES` slices or several images at one position;
+- ignores it when it is a localizer (``ImageType`` or description), mixes orientations or
+  in-plane directions, has fewer than :data:`MIN_SLICES` slices or several images at one
+  position;
 
 then picks one series per plane (``--series`` by number or description, else MRNet's
 contrast for that plane -- sagittal T2, coronal T1, axial PD (Bien et al. 2018) -- else the
@@ -15,8 +18,11 @@ series with most slices), and turns each chosen series into an MRNet ``.npy``:
 
 - slices ordered by their position along the plane's patient axis (``ImagePositionPatient``
   projected on the normal; right to left, anterior to posterior, foot to head), never by file
-  name or instance number;
+  name, instance number or frame number;
 - ``RescaleSlope``/``RescaleIntercept`` applied per slice;
+- turned to the plane's in-plane orientation (:data:`IN_PLANE`: that of the usual display and
+  the standard exports), so that an export with mirrored or transposed pixels gives the same
+  array;
 - a non-square field of view padded to a square (in millimetres), resampled to 256 x 256
   (antialiased bilinear, as the prepare stage resizes);
 - intensities windowed to uint8 between the series' 0.5th and 99.5th percentiles. MRNet
@@ -24,15 +30,18 @@ series with most slices), and turns each chosen series into an MRNet ``.npy``:
   percentile window is the reproducible stand-in, and the models scale every exam by its own
   range anyway.
 
+Pixel data may be uncompressed or in any standard still-image syntax (JPEG Baseline, Extended
+and Lossless, JPEG-LS, JPEG 2000, RLE), decoded by the project's dependencies.
 ``OUT_DIR/{axial,coronal,sagittal}.npy`` and ``OUT_DIR/dicom.json`` (what was chosen and why,
-what was ignored and why) are swapped in together, as one folder: a failed or killed import
-leaves the earlier import whole. OUT_DIR may be new, empty or an earlier import; a folder
-holding anything else is refused rather than replaced. Any problem a user can meet (missing plane,
-several studies, compressed pixel data without a decoder) is a :class:`DicomError` naming the
-series or file, and so is anything that would make a volume that is not the exam: a file that
-cannot be read or is cut short, a gap or irregular spacing in the chosen series, NaN or inf
-in its geometry or rescale, a zero or negative pixel spacing, a matrix too large to allocate
-(checked on the headers, before allocating).
+what was ignored and why, how each series was turned) are swapped in together, as one folder:
+a failed or killed import leaves the earlier import whole. OUT_DIR may be new, empty or an
+earlier import; a folder holding anything else is refused rather than replaced. Any problem a
+user can meet (missing plane, several studies, a transfer syntax no decoder reads, an Enhanced
+MR file whose frames cannot be placed) is a :class:`DicomError` naming the series or file, and
+so is anything that would make a volume that is not the exam: a file that cannot be read or is
+cut short, a gap or irregular spacing in the chosen series, NaN or inf in its geometry or
+rescale, a zero or negative pixel spacing, a matrix too large to allocate (checked on the
+headers, before allocating).
 """
 
 from __future__ import annotations
@@ -653,7 +662,7 @@ def orient_in_plane(volume: np.ndarray, orientation: np.ndarray, plane: str,
     stored = {"rows": runs(r), "columns": runs(c)}
     (h_axis, h_sign), (v_axis, v_sign) = IN_PLANE[plane]
     applied = []
-    # Rows running mostly top to bottom (and columns across): the image is turned a quarter.
+    # Rows running along the plane's vertical axis: rows and columns are swapped.
     if abs(r[v_axis]) + abs(c[h_axis]) > abs(r[h_axis]) + abs(c[v_axis]):
         volume, r, c = volume.transpose(0, 2, 1), c, r
         pixel_spacing = (pixel_spacing[1], pixel_spacing[0])
