@@ -18,6 +18,7 @@ from mrnet.core.trainer import weighted_bce
 from mrnet.core.weights import BACKBONES
 from mrnet.data.prepare import prepare_plane
 from mrnet.model import MRNet, MRNetConfig, MultitaskMRNet
+from mrnet.training import multitask
 from mrnet.training.cnn import labels_for, tune_case_ids
 from mrnet.training.multitask import (load_multiset, multitask_batches, multitask_loss,
                                       train_multitask)
@@ -71,13 +72,18 @@ def test_multitask_loss_is_mean_of_weighted_task_losses() -> None:
     assert multitask_loss(logits, labels, weights).item() == pytest.approx(expected.item())
 
 
-def test_train_multitask_writes_checkpoint_and_tables(tiny_dataset: Path, tmp_path: Path) -> None:
-    prepared = tmp_path / "prepared"
+@pytest.fixture(scope="module")
+def prepared(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
     for plane in PLANES:
-        prepare_plane(tiny_dataset, plane, prepared, 64)
-    params = tmp_params(tmp_path, tiny_dataset,
-                        train={"epochs": 1, "exams_per_batch": 3, "precision": "fp32"})
-    params = params.__class__(**{
+        prepare_plane(tiny_dataset, plane, out, 64)
+    return out
+
+
+def _multitask_params(tmp_path: Path, root: Path, prepared: Path, epochs: int):
+    params = tmp_params(tmp_path, root,
+                        train={"epochs": epochs, "exams_per_batch": 3, "precision": "fp32"})
+    return params.__class__(**{
         **params.__dict__,
         # Split seed 2: the hold-out (stratified by abnormal) leaves the one ACL tear of the
         # tiny train split, and a meniscus tear, to fit on.
@@ -85,6 +91,24 @@ def test_train_multitask_writes_checkpoint_and_tables(tiny_dataset: Path, tmp_pa
         "prepare": params.prepare.__class__(str(prepared), 64),
         "multitask": params.multitask.__class__(True, str(tmp_path / "mt"), {"lr": 3e-4}),
     })
+
+
+def _valid_probs(model: torch.nn.Module, prepared: Path, root: Path) -> np.ndarray:
+    cpu = torch.device("cpu")
+    valid = load_multiset(prepared, root, "valid", cpu)
+    return sigmoid(predict(model, multitask_batches(valid, cpu), cpu))
+
+
+def _checkpoint_model(path: Path) -> MultitaskMRNet:
+    ckpt = torch.load(path, weights_only=True)
+    model = MultitaskMRNet(MRNetConfig(**ckpt["config"]["model"]), tuple(PLANES), len(TASKS))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def test_train_multitask_writes_checkpoint_and_tables(tiny_dataset: Path, prepared: Path,
+                                                      tmp_path: Path) -> None:
+    params = _multitask_params(tmp_path, tiny_dataset, prepared, epochs=1)
     summary = train_multitask(params, live_dir=False)
     assert summary["epochs_run"] == 1 and summary["selection"] == "tune"
     ckpt = torch.load(tmp_path / "mt" / "model.pt", weights_only=True)
@@ -93,10 +117,9 @@ def test_train_multitask_writes_checkpoint_and_tables(tiny_dataset: Path, tmp_pa
 
     # The checkpoint's network scores valid afresh: column t of its output is task t.
     cpu = torch.device("cpu")
-    model = MultitaskMRNet(MRNetConfig(**ckpt["config"]["model"]), tuple(PLANES), len(TASKS))
-    model.load_state_dict(ckpt["model"])
     valid = load_multiset(prepared, tiny_dataset, "valid", cpu)
-    expected = sigmoid(predict(model, multitask_batches(valid, cpu), cpu))
+    expected = _valid_probs(_checkpoint_model(tmp_path / "mt" / "model.pt"), prepared,
+                            tiny_dataset)
     assert expected.shape == (4, len(TASKS))
     for a in range(len(TASKS)):  # the columns differ, so a column in the wrong file shows
         for b in range(a):
@@ -116,3 +139,38 @@ def test_train_multitask_writes_checkpoint_and_tables(tiny_dataset: Path, tmp_pa
         # Train exams are labelled by the split they played: the hold-out is "tune".
         assert set(rows(table, "tune")["case_id"]) == tune
         assert set(rows(table, "train")["case_id"]) == set(train_ids) - tune
+
+
+def test_train_multitask_tables_come_from_the_selected_epoch(
+        tiny_dataset: Path, prepared: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The selection signal is scripted (the real evaluation, then a val AUC that falls every
+    # epoch), so epoch 1 is selected while training goes on to epoch 2; the weights the
+    # network has when the last evaluation runs are kept to compare with.
+    real_evaluate = multitask.evaluate
+    last: dict[str, dict[str, torch.Tensor]] = {}
+    epochs: list[int] = []
+
+    def scripted(model, *args, **kwargs):
+        result = real_evaluate(model, *args, **kwargs)
+        last["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        epochs.append(len(epochs) + 1)
+        return {"loss": result["loss"], "auc": 0.9 - 0.1 * epochs[-1]}
+
+    monkeypatch.setattr(multitask, "evaluate", scripted)
+    params = _multitask_params(tmp_path, tiny_dataset, prepared, epochs=2)
+    summary = train_multitask(params, live_dir=False)
+    assert summary["epochs_run"] == 2 and summary["best_epoch"] == 1
+    assert torch.load(tmp_path / "mt" / "model.pt", weights_only=True)["epoch"] == 1
+
+    selected = _valid_probs(_checkpoint_model(tmp_path / "mt" / "model.pt"), prepared,
+                            tiny_dataset)
+    final = _checkpoint_model(tmp_path / "mt" / "model.pt")
+    final.load_state_dict(last["state"])
+    last_epoch = _valid_probs(final, prepared, tiny_dataset)
+    assert not np.allclose(selected, last_epoch, atol=1e-6)  # the test can tell them apart
+    ids = load_multiset(prepared, tiny_dataset, "valid", torch.device("cpu")).case_ids
+    for t, task in enumerate(TASKS):
+        got = rows(read_probs(tmp_path / "mt" / f"multitask-{task}.csv"), "valid")
+        got = got.set_index("case_id").loc[ids, "prob"].to_numpy()
+        np.testing.assert_allclose(got, selected[:, t], atol=1e-6, err_msg=task)

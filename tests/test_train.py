@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,22 +90,27 @@ def test_training_is_deterministic(tiny_dataset: Path, prepared: Path, tmp_path:
 
 def test_resume_gives_the_uninterrupted_checkpoint(tiny_dataset: Path, prepared: Path,
                                                     tmp_path: Path) -> None:
-    full = _params(tmp_path / "full", tiny_dataset, prepared)
-    train_model(full, "abnormal", "sagittal", live_dir=False)
+    # Both runs in one folder: the checkpoint's config records the output paths.
+    params = _params(tmp_path, tiny_dataset, prepared)
+    ckpt = tmp_path / "models" / "abnormal-sagittal.pt"
+    train_model(params, "abnormal", "sagittal", live_dir=False)
+    uninterrupted = ckpt.read_bytes()
+    ckpt.unlink()
 
-    cut = _params(tmp_path / "cut", tiny_dataset, prepared)
     with pytest.raises(TrainingInterrupted):
-        train_model(cut, "abnormal", "sagittal", stop_after=1, live_dir=False)
-    resume = tmp_path / "cut" / "models" / ".resume" / "abnormal-sagittal.pt"
+        train_model(params, "abnormal", "sagittal", stop_after=1, live_dir=False)
+    resume = tmp_path / "models" / ".resume" / "abnormal-sagittal.pt"
     assert resume.is_file()
-    assert not (tmp_path / "cut" / "models" / "abnormal-sagittal.pt").exists()
-    summary = train_model(cut, "abnormal", "sagittal", live_dir=False)
+    assert not ckpt.exists()
+    summary = train_model(params, "abnormal", "sagittal", live_dir=False)
     assert summary["epochs_run"] == 3
     assert not resume.exists()
-    a = torch.load(tmp_path / "full" / "models" / "abnormal-sagittal.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "models" / "abnormal-sagittal.pt", weights_only=True)
+    a = torch.load(io.BytesIO(uninterrupted), weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
     assert a["epoch"] == b["epoch"] and a["history"] == b["history"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # the same bytes, too: DVC sees the same checkpoint, and nothing downstream reruns
+    assert ckpt.read_bytes() == uninterrupted
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,8 @@ def test_resume_restores_scheduler_early_stopping_generator_and_history(tmp_path
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert {k: v for k, v in a.items() if k != "model"} == {
         k: v for k, v in b.items() if k != "model"}
+    assert (tmp_path / "full" / "scripted.pt").read_bytes() == (
+        tmp_path / "cut" / "scripted.pt").read_bytes()
     assert not (tmp_path / "cut" / ".resume" / "scripted.pt").exists()
 
 

@@ -88,6 +88,23 @@ class FitState:
     stopped_early: bool = False
 
 
+# The columns of a history row, in their order.
+HISTORY_KEYS = ("epoch", "train_loss", "train_auc", "val_loss", "val_auc", "lr")
+
+
+def canonical_history(history: Iterable[dict[str, float]]) -> list[dict[str, float]]:
+    """The history rows with :data:`HISTORY_KEYS` as their keys, in that order, and plain
+    int/float values.
+
+    pickle writes a string once and refers back to it wherever the same object recurs. Rows
+    built in this process share the key strings of the code; rows loaded back from a resume
+    file hold their own copies, so without this a resumed run would save the same history in
+    other bytes (and DVC would see a new checkpoint).
+    """
+    return [{key: int(row[key]) if key == "epoch" else float(row[key]) for key in HISTORY_KEYS}
+            for row in history]
+
+
 EpochFn = Callable[[int], dict[str, float]]
 
 
@@ -110,8 +127,7 @@ def fit_loop(model: torch.nn.Module, cfg: TrainSettings, optimizer: torch.optim.
         va = run_eval()
         scheduler.step(va["loss"])
         lr = optimizer.param_groups[0]["lr"]
-        row = {"epoch": epoch, "train_loss": tr["loss"], "train_auc": tr["auc"],
-               "val_loss": va["loss"], "val_auc": va["auc"], "lr": lr}
+        row = dict(zip(HISTORY_KEYS, (epoch, tr["loss"], tr["auc"], va["loss"], va["auc"], lr)))
         state.history.append(row)
         state.epoch = epoch
         if better(va["auc"], va["loss"], state.best_auc, state.best_loss, select):
@@ -234,7 +250,7 @@ def run_training(name: str, model: torch.nn.Module, cfg: TrainSettings, seed: in
         return state
     save_torch({"model": state.best_model, "config": config, "epoch": state.best_epoch,
                 "val_auc": state.best_auc, "val_loss": state.best_loss, "selection": selection,
-                "history": state.history}, out_path)
+                "history": canonical_history(state.history)}, out_path)
     if live is not None:
         # The summary shows the selected (best) epoch, not the last one logged.
         live.summary = {"val_auc": state.best_auc, "val_loss": state.best_loss,
