@@ -3,11 +3,12 @@
     python benchmarks/seeds.py                                # train.seed 0 1 2, bf16 and fp32
     python benchmarks/seeds.py --seeds 0 1 2 3 --precisions fp32
     python benchmarks/seeds.py --workdir runs/seeds           # keep the repository it ran in
+    python benchmarks/seeds.py --set synthesize.n_train=40 --set train.epochs=2   # a quick look
 
 It clones the project's last commit into a work folder and runs, for every value of
 ``train.seed`` and every precision, ``dvc exp run -S train.seed=N -S train.precision=P
-evaluate``: the committed ``params.yaml`` with those two keys changed, every stage up to the
-evaluation. The data stages do not read either key, so DVC runs them once. Each run's metrics,
+evaluate``: the committed ``params.yaml`` with those two keys (and any ``--set``) changed,
+every stage up to the evaluation. The data stages do not read either key, so DVC runs them once. Each run's metrics,
 probability tables and checkpoints' learning curves are copied out before the next.
 
 It prints:
@@ -96,6 +97,8 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"],
                         choices=["bf16", "fp32"])
     parser.add_argument("--workdir", type=Path, help="keep the cloned repository and results")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another params.yaml override for every run (repeatable)")
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="seeds-"))
@@ -110,6 +113,7 @@ def main() -> None:
                             capture_output=True, check=True).stdout.strip()
     bf16_here = use_bf16("bf16", torch.device("cpu"))
     print(f"commit {commit}; seeds {args.seeds}; precisions {args.precisions}; "
+          f"other overrides {args.set or 'none'}; "
           f"bf16 on this CPU: {'yes' if bf16_here else 'no (bf16 runs fp32)'}; log {log}",
           flush=True)
 
@@ -117,8 +121,9 @@ def main() -> None:
     for precision in args.precisions:
         for seed in args.seeds:
             start = time.perf_counter()
-            sh(["dvc", "exp", "run", "--quiet", "-S", f"train.seed={seed}",
-                "-S", f"train.precision={precision}", "evaluate"], repo, log)
+            sets = [f"train.seed={seed}", f"train.precision={precision}", *args.set]
+            sh(["dvc", "exp", "run", "--quiet", *[a for kv in sets for a in ("-S", kv)],
+                "evaluate"], repo, log)
             res = collect(repo, work / "results" / f"{precision}-seed{seed}")
             results[(precision, seed)] = res
             missed = [f"{row.model} ({', '.join(row.misses())})" for row in res["learning"]
