@@ -2,8 +2,9 @@
 
 Each kind of curve is one long table per task (a ``model`` column, an ``i`` column giving the
 drawing order, then the axes), written as CSV into a folder that dvc.yaml's top-level
-``plots:`` declares with the template ``plots/templates/models.json``, which colours by
-model: whatever models ran are drawn, and a model that did not run simply has no rows. The ROC
+``plots:`` declares with the custom template ``models`` (``.dvc/plots/models.json``: DVC finds
+a template there by name from any folder of the repository), which colours by model: whatever
+models ran are drawn, and a model that did not run simply has no rows. The ROC
 curves are also drawn as a PNG per task.
 
 Figures are built with matplotlib's object API on an Agg canvas, so nothing depends on (or
