@@ -39,7 +39,7 @@ def run(tmp_path: Path) -> tuple[Path, Path]:
     for task in TASKS:
         for plane in PLANES:
             write_model(probs, models, f"{task}-{plane}", learned_probs(),
-                        [FLAT * 1.01, FLAT * 0.7, FLAT * 0.5])
+                        [FLAT * 1.01, FLAT * 0.5, FLAT * 0.7])
     return probs, models
 
 
