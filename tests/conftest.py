@@ -1,12 +1,15 @@
-"""Shared fixtures: a tiny synthetic dataset in the MRNet-v1.0 layout, generated once."""
+"""Shared fixtures: a tiny synthetic dataset in the MRNet-v1.0 layout, generated once, and the
+end-to-end tests' trained repository (:mod:`e2e`), built once."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e import TrainedRepo, build_trained_repo, restore
 
 from mrnet.config import SynthesizeConfig
 from mrnet.data.synthetic import generate
@@ -39,3 +42,20 @@ def tiny_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
     root = tmp_path / "MRNet-v1.0"
     shutil.copytree(tiny_dataset, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_repo(tmp_path_factory: pytest.TempPathFactory) -> TrainedRepo:
+    """The project in a git + DVC repository with MURA and the MRNet pipeline reproduced at
+    tiny scale, shared by every end-to-end test; use it through :func:`repo`."""
+    return build_trained_repo(tmp_path_factory.mktemp("e2e_repo"))
+
+
+@pytest.fixture
+def repo(trained_repo: TrainedRepo) -> Iterator[Path]:
+    """The shared repository; put back to its committed baseline after the test, whether it
+    passed or not, so no test sees another's changes."""
+    try:
+        yield trained_repo.path
+    finally:
+        restore(trained_repo.path)

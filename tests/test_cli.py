@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from e2e import init_repo, run
 from helpers import PROJECT, build_tiny_pipeline
 from test_dicom import write_exam
 
@@ -221,18 +222,8 @@ def test_recipe_params_as_dvc_writes_them_load(tmp_path: Path) -> None:
              "assert p.train.lr == 1e-5 and p.model.pretrained, p.train")
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"check": {
         "cmd": f"python -c '{check}'", "params": ["data", "prepare", "model", "train"]}}}))
-    env = {**os.environ, "PYTHONPATH": str(PROJECT),
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, f"{args}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        return proc
-
-    run("git", "init", "-q")
-    run("dvc", "init", "-q")
-    run("git", "add", "-A")
-    run("git", "commit", "-qm", "init")
-    run(*recipe_command(load_recipe("paper", PROJECT), tmp_path))
+    init_repo(repo)
+    # the check stage imports the project from here
+    run(repo, *recipe_command(load_recipe("paper", PROJECT), tmp_path),
+        extra_env={"PYTHONPATH": str(PROJECT)})
     assert "lr: 1e-05" in (repo / "params.yaml").read_text()  # YAML 1.1 would read text

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import shutil
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from e2e import digest_tree, env
 from helpers import PROJECT, raw_params
 
 from mrnet.config import SynthesizeConfig
@@ -37,20 +37,12 @@ TRAIN = {"epochs": 12, "patience": 3, "lr_patience": 1, "exams_per_batch": 4,
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DVCLIVE_TEST", None)  # the stage writes its learning curves as for a user
-    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["TQDM_DISABLE"] = "1"
-    return env
+    # the stage imports the project from here; it writes its learning curves as for a user
+    return env(PYTHONPATH=str(PROJECT))
 
 
 def _command() -> list[str]:
     return [sys.executable, "-m", "stages.train", "--task", TASK, "--plane", PLANE]
-
-
-def _digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _project(base: Path, data: Path, prepared: Path) -> Path:
@@ -78,7 +70,7 @@ def _outputs(cwd: Path) -> dict[str, str]:
     """Digests of what the stage writes: its checkpoint and its DVCLive folder."""
     return {"checkpoint": hashlib.sha256((cwd / "models" / f"{NAME}.pt").read_bytes()
                                          ).hexdigest(),
-            **{f"dvclive/{k}": v for k, v in _digest_tree(cwd / "dvclive" / NAME).items()}}
+            **{f"dvclive/{k}": v for k, v in digest_tree(cwd / "dvclive" / NAME).items()}}
 
 
 def _counters(resume: Path) -> tuple[int, int, int] | None:

@@ -1,22 +1,16 @@
 """KneeMRI external validation end to end through the real `dvc` CLI, at tiny scale.
 
-The repository reproduces ``kneemri_evaluate`` and what it needs (the ACL models, their
-probabilities and ensemble), not the other six CNNs, to keep the test short.
+The tests use the shared trained repository (``conftest.py``): KneeMRI starts off, as by
+default, and turning it on reruns the KneeMRI stages only, on the ACL models already there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from helpers import PROJECT
+from e2e import TrainedRepo, digest_tree, ran_stages, run, set_params
 
 from mrnet.config import KneemriSyntheticConfig
 from mrnet.kneemri.synthetic import generate_kneemri
@@ -27,74 +21,10 @@ TARGET = "kneemri_evaluate"
 KNEEMRI_STAGES = {"kneemri_synthesize", "kneemri_prepare", "kneemri_zero_shot",
                   "kneemri_retrain", "kneemri_evaluate"}
 TASKS = ("injury", "complete")
-TINY_PARAMS = {
-    "synthesize": {"n_train": 16, "n_valid": 10, "image_size": 48, "slices_min": 3,
-                   "slices_max": 5},
-    "prepare": {"image_size": 64},
-    "train": {"epochs": 1, "exams_per_batch": 4},
-    "evaluate": {"bootstrap": 20},
-    "multitask": {"enabled": False},
-    "kneemri": {"train": {"epochs": 1},
-                "synthetic": {"out": "data/synthetic-kneemri", "seed": 0, "exams_per_folder": 3,
-                              "image_size": 48, "slices_min": 4, "slices_max": 6}},
-}
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DVCLIVE_TEST", None)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["TQDM_DISABLE"] = "1"
-    return env
-
-
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def set_params(repo: Path, updates: dict) -> None:
-    path = repo / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    for section, values in updates.items():
-        raw[section].update(values)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def ran_stages(log: str) -> set[str]:
-    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
-
-
-def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project in a fresh git + DVC repository, reproduced with KneeMRI off."""
-    repo = tmp_path_factory.mktemp("repo")
-    for name in ("mrnet", "stages"):
-        shutil.copytree(PROJECT / name, repo / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", "plots/templates/models.json"):
-        if (PROJECT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(PROJECT / name, repo / name)
-    set_params(repo, TINY_PARAMS)
-    run(repo, "git", "init", "-q")
-    run(repo, "dvc", "init", "-q")
-    run(repo, "dvc", "config", "core.analytics", "false")
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "init")
-    ran = ran_stages(run(repo, "dvc", "repro", TARGET).stdout)
-    assert KNEEMRI_STAGES <= ran and "train@acl-sagittal" in ran
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "baseline")
-    return repo
+def test_repro_built_the_kneemri_stages_and_acl_models(trained_repo: TrainedRepo) -> None:
+    assert KNEEMRI_STAGES <= trained_repo.ran and "train@acl-sagittal" in trained_repo.ran
 
 
 def test_off_by_default_writes_only_notes(repo: Path) -> None:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shlex
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from e2e import TrainedRepo, digest_tree, ran_stages, run, set_params
 from helpers import PROJECT
 
 from mrnet import PLANES, TASKS
@@ -22,76 +17,9 @@ from mrnet.data.synthetic import generate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-TINY_PARAMS = {
-    "synthesize": {"n_train": 16, "n_valid": 10, "image_size": 48, "slices_min": 3,
-                   "slices_max": 5},
-    "prepare": {"image_size": 64},
-    "train": {"epochs": 1, "exams_per_batch": 4},
-    "evaluate": {"bootstrap": 20},
-}
 
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DVCLIVE_TEST", None)  # stages run as they would for a user
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["TQDM_DISABLE"] = "1"
-    return env
-
-
-def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def set_params(repo: Path, updates: dict) -> None:
-    path = repo / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    for section, values in updates.items():
-        raw[section].update(values)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def restore(repo: Path) -> None:
-    """Back to the committed baseline: params, lock file, git-tracked outputs (metrics, plots,
-    learning curves) and the DVC-cached outputs they describe."""
-    run(repo, "git", "reset", "-q", "--hard")
-    run(repo, "dvc", "checkout", "-q", "--force")
-
-
-def ran_stages(log: str) -> set[str]:
-    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
-
-
-def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh git + DVC repository holding the project, reproduced once at tiny scale."""
-    repo = tmp_path_factory.mktemp("repo")
-    for name in ("mrnet", "stages"):
-        shutil.copytree(PROJECT / name, repo / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", "plots/templates/models.json"):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(PROJECT / name, repo / name)
-    set_params(repo, TINY_PARAMS)
-    run(repo, "git", "init", "-q")
-    run(repo, "dvc", "init", "-q")
-    run(repo, "dvc", "config", "core.analytics", "false")
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "init")
-    proc = run(repo, "dvc", "repro")
-    assert {"synthesize", "validate", "evaluate"} <= ran_stages(proc.stdout)
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "baseline")
-    return repo
+def test_repro_built_the_pipeline(trained_repo: TrainedRepo) -> None:
+    assert {"synthesize", "validate", "evaluate"} <= trained_repo.ran
 
 
 def test_repro_produces_models_metrics_and_plots(repo: Path) -> None:
@@ -120,7 +48,9 @@ def test_repro_produces_models_metrics_and_plots(repo: Path) -> None:
     # fits a 200-column terminal.
     shown = run(repo, "dvc", "metrics", "show").stdout
     lines = shown.splitlines()
-    assert [ln.split()[0] for ln in lines[1:]] == [f"metrics/{t}.json" for t in (*TASKS, "mean")]
+    # (and MURA's headline row: the README's command runs both pipelines of the repository)
+    assert [ln.split()[0] for ln in lines[1:]] == [
+        *(f"metrics/{t}.json" for t in (*TASKS, "mean")), "mura/metrics/headline.json"]
     assert max(len(ln) for ln in lines) <= 200, shown
     for key in ("auc", "multitask_auc", "sensitivity_at_operating_point"):
         assert key in lines[0].split()
@@ -140,7 +70,6 @@ def test_evaluate_param_reruns_only_evaluate(repo: Path) -> None:
     assert "evaluate:" in status and "train@" not in status and "ensemble@" not in status
     # kneemri_evaluate bootstraps with the same evaluate keys (a note while it is off)
     assert ran_stages(run(repo, "dvc", "repro").stdout) == {"evaluate", "kneemri_evaluate"}
-    restore(repo)
 
 
 def test_task_param_reruns_only_that_task(repo: Path) -> None:
@@ -148,7 +77,7 @@ def test_task_param_reruns_only_that_task(repo: Path) -> None:
     proc = run(repo, "dvc", "exp", "run", "-S", "+task.acl.lr=0.0003")
     ran = ran_stages(proc.stdout)
     assert {f"train@acl-{p}" for p in PLANES} <= ran
-    assert not any(s.startswith("train@abnormal") or s.startswith("train@meniscus") for s in ran)
+    assert not any(s.startswith(("train@abnormal", "train@meniscus")) for s in ran)
     assert "evaluate" in ran
     params_diff = run(repo, "dvc", "params", "diff").stdout
     assert "task.acl.lr" in params_diff
@@ -158,9 +87,7 @@ def test_task_param_reruns_only_that_task(repo: Path) -> None:
     command = next(line.split("#")[0].strip() for line in
                    (PROJECT / "docs" / "pipeline.md").read_text().splitlines()
                    if line.startswith("dvc exp show --only-changed"))
-    proc = subprocess.run(shlex.split(command) + ["--no-pager"], cwd=repo, capture_output=True,
-                          text=True, env={**_env(), "COLUMNS": "160"})
-    assert proc.returncode == 0, proc.stderr
+    proc = run(repo, *shlex.split(command), "--no-pager", extra_env={"COLUMNS": "160"})
     table = proc.stdout.splitlines()
     assert max(len(line) for line in table) <= 160, proc.stdout
     header = " ".join(table[:4])
@@ -168,7 +95,6 @@ def test_task_param_reruns_only_that_task(repo: Path) -> None:
         assert f"metrics/{task}.json:auc " in header, proc.stdout
     assert "task.acl.lr" in header and "_ci_" not in header and "dvclive/" not in header
     assert "…" not in proc.stdout, proc.stdout  # nothing had to be cut to fit
-    restore(repo)
 
 
 def test_external_data_root_is_read_never_written(repo: Path, tmp_path: Path) -> None:
@@ -185,7 +111,6 @@ def test_external_data_root_is_read_never_written(repo: Path, tmp_path: Path) ->
     assert dataset["train"]["exams"] == 12 and dataset["valid"]["exams"] == 8
     # nothing synthetic was generated for this run
     assert not list((repo / "data" / "synthetic").rglob("*.npy"))
-    restore(repo)
 
 
 def test_multitask_off_removes_its_cost_and_entries(repo: Path) -> None:
@@ -204,4 +129,16 @@ def test_multitask_off_removes_its_cost_and_entries(repo: Path) -> None:
     shown = json.loads(proc.stdout)
     assert not shown.get("errors"), shown.get("errors")
     assert any(k.startswith("plots/roc/") for k in shown["data"])
-    restore(repo)
+
+
+def test_first_contact_is_clean(trained_repo: TrainedRepo, repo: Path) -> None:
+    """After the README's command, the first things a DVC user types say nothing is wrong."""
+    assert not {s for s in trained_repo.ran if s.startswith("mura/")}  # MURA was up to date
+    status = run(repo, "dvc", "status")
+    assert status.stdout.strip() == "Data and pipelines are up to date.", status.stdout
+    for where in (repo, repo / "mura"):
+        metrics = run(where, "dvc", "metrics", "show")
+        assert "failed" not in (metrics.stdout + metrics.stderr).lower(), metrics
+        plots = run(where, "dvc", "plots", "show", "-o", str(where / "first-contact"))
+        assert plots.stderr == "", plots.stderr  # no warning about missing plot files
+        assert (where / "first-contact" / "index.html").is_file()
