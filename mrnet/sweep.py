@@ -390,7 +390,12 @@ def run_on_ray(jobs: Sequence[Job], address: str | None = None, num_cpus: int | 
     """
     ray = import_ray()
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, ray.exceptions.RayError) as exc:
+            raise UserError(f"cannot join the Ray cluster at {address}: "
+                            f"{str(exc).strip().splitlines()[0]} (ray start --head prints "
+                            "the address; ray status checks it)") from None
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False)

@@ -44,7 +44,8 @@ def _env() -> dict[str, str]:
 
 
 def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(list(args), check=False, cwd=cwd, env=_env(), capture_output=True,
+                          text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
@@ -286,23 +287,23 @@ def experiments(repo: Path) -> dict[str, dict]:
 
 
 def lock_outs(repo: Path, rev: str) -> dict[str, str]:
-    """Stage name -> md5 of its first output, from dvc.lock at ``rev``."""
+    """Output path -> md5, from dvc.lock at ``rev``."""
     lock = yaml.safe_load(run(repo, "git", "show", f"{rev}:dvc.lock").stdout)
-    return {name: stage["outs"][0]["md5"] for name, stage in lock["stages"].items()
-            if stage.get("outs")}
+    return {out["path"]: out["md5"] for stage in lock["stages"].values()
+            for out in stage.get("outs") or []}
 
 
 @pytest.mark.slow
 def test_sweep_runs_on_local_ray_and_the_experiments_come_back(reproduced) -> None:
     repo, git_remote = reproduced
     head = run(repo, "git", "rev-parse", "HEAD").stdout.strip()
-    # One experiment reruns only the ensembles and evaluate, one retrains the ACL CNNs, and
+    # One experiment reruns only evaluate, one retrains the ACL CNNs (and what reads them), and
     # one points at a dataset the workers do not have: its params are valid, its run fails.
-    proc = mrnet_sweep(repo, "-S", "ensemble.C=0.5", "--exp", "+task.acl.lr=0.0003",
+    proc = mrnet_sweep(repo, "-S", "evaluate.bootstrap=30", "--exp", "+task.acl.lr=0.0003",
                        "--exp", "data.root=absent/MRNet-v1.0", "--name", "t",
                        "--num-cpus", "2")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "done   t-1: ensemble.C=0.5" in proc.stdout
+    assert "done   t-1: evaluate.bootstrap=30" in proc.stdout
     assert "done   t-2: +task.acl.lr=0.0003" in proc.stdout
     assert "FAILED t-3: data.root=absent/MRNet-v1.0" in proc.stdout
     failures = [ln for ln in proc.stderr.splitlines() if ln.startswith("failed: ")]
@@ -318,19 +319,22 @@ def test_sweep_runs_on_local_ray_and_the_experiments_come_back(reproduced) -> No
         for task in TASKS:
             assert 0.0 <= data["metrics"][f"metrics/{task}.json"]["data"]["auc"] <= 1.0
     params = {n: found[n]["data"]["params"]["params.yaml"]["data"] for n in ("t-1", "t-2")}
-    assert params["t-1"]["ensemble"]["C"] == 0.5 and params["t-1"]["task"]["acl"] == {}
-    assert params["t-2"]["task"]["acl"] == {"lr": 0.0003} and params["t-2"]["ensemble"]["C"] == 1.0
+    assert params["t-1"]["evaluate"]["bootstrap"] == 30 and params["t-1"]["task"]["acl"] == {}
+    assert params["t-2"]["task"]["acl"] == {"lr": 0.0003}
+    assert params["t-2"]["evaluate"]["bootstrap"] == TINY_PARAMS["evaluate"]["bootstrap"]
 
     # Each worker reran only what its override touches; the rest came from the DVC remote.
     base = lock_outs(repo, head)
-    c_exp, lr_exp = lock_outs(repo, found["t-1"]["rev"]), lock_outs(repo, found["t-2"]["rev"])
+    eval_exp = lock_outs(repo, found["t-1"]["rev"])
+    lr_exp = lock_outs(repo, found["t-2"]["rev"])
     for plane in PLANES:
-        assert c_exp[f"train@acl-{plane}"] == base[f"train@acl-{plane}"]
-        assert lr_exp[f"train@acl-{plane}"] != base[f"train@acl-{plane}"]
-        assert lr_exp[f"train@abnormal-{plane}"] == base[f"train@abnormal-{plane}"]
-    assert c_exp["ensemble@acl"] != base["ensemble@acl"]
+        assert eval_exp[f"models/acl-{plane}.pt"] == base[f"models/acl-{plane}.pt"]
+        assert lr_exp[f"models/acl-{plane}.pt"] != base[f"models/acl-{plane}.pt"]
+        assert lr_exp[f"models/abnormal-{plane}.pt"] == base[f"models/abnormal-{plane}.pt"]
+    assert eval_exp["models/ensemble-acl.json"] == base["models/ensemble-acl.json"]
+    assert lr_exp["models/ensemble-acl.json"] != base["models/ensemble-acl.json"]
     # dvc exp pull brought the retrained models' data, too.
-    md5 = lr_exp["train@acl-sagittal"]
+    md5 = lr_exp["models/acl-sagittal.pt"]
     assert (repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).is_file()
 
     # The user's workspace is where it was; the git remote holds exactly the two experiments.
