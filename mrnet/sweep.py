@@ -397,8 +397,9 @@ def run_on_ray(jobs: Sequence[Job], address: str | None = None, num_cpus: int | 
                             f"{str(exc).strip().splitlines()[0]} (ray start --head prints "
                             "the address; ray status checks it)") from None
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        # "local": a new cluster of its own, even where another one runs on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False)
     try:
         task = ray.remote(run_experiment).options(num_cpus=cpus_per_experiment,
                                                   num_gpus=gpus_per_experiment, max_retries=0)
