@@ -10,6 +10,8 @@ Commands::
     mrnet weights [--backbone B] [--install FILE]  where the ImageNet weights go; check them
     mrnet recipe NAME --data-root DIR [--queue] [--print]
                                                    run a recipe of recipes/ with dvc exp run
+    mrnet sweep -S KEY=V1,V2 ... [--exp 'KEY=V ...'] [--address ADDR]
+                                                   a grid of experiments on a Ray cluster
 
 ``predict`` and ``exam`` take the models that the project's ``params.yaml`` names. The
 project is the current folder or one above it holding ``dvc.yaml``, ``params.yaml`` and
@@ -266,6 +268,119 @@ def cmd_recipe(argv: Sequence[str]) -> int:
     return subprocess.run(cmd, cwd=root).returncode
 
 
+# ---------------------------------------------------------------- sweep
+
+
+SWEEP_HELP = """\
+Run a grid of DVC experiments on a Ray cluster: each experiment is one Ray task that clones
+the git remote at the current commit into the worker's scratch space, runs
+`dvc exp run --pull --allow-missing --name NAME -S KEY=VALUE ...` there and
+`dvc exp push`es it; then the experiments are `dvc exp pull`ed here, so
+`dvc exp show` compares them. A failed experiment is reported with its overrides and the
+last line of its log; the others still come back (exit status 1 if any failed).
+
+Before anything starts: every experiment's params are checked as the pipeline checks them,
+the work tree must be committed, the commit on the git remote and its data on the DVC remote
+(both reachable by the workers). Needs Ray: pip install -e .[cluster].
+
+examples:
+  mrnet sweep -S train.lr=1e-4,3e-4 -S train.seed=0,1     4 experiments (the product)
+  mrnet sweep --exp 'ensemble.C=0.1' --exp '+task.acl.lr=3e-4 +task.acl.epochs=12'
+                                                           2 experiments, as written
+  mrnet sweep -S train.seed=0,1,2 --address head-node:6379 on an existing Ray cluster
+  mrnet sweep -S ensemble.C=0.1,10 --print                 check and show, start nothing
+"""
+
+
+@cli
+def cmd_sweep(argv: Sequence[str]) -> int:
+    import os
+    import secrets
+
+    from mrnet import sweep
+    from mrnet.config import params_from_dict
+
+    parser = argparse.ArgumentParser(
+        prog="mrnet sweep", description=SWEEP_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-S", "--set", action="append", default=[], dest="sets",
+                        metavar="KEY=V1[,V2...]",
+                        help="a params.yaml key and its values (dvc exp run -S syntax; +KEY "
+                             "for a key new to its section); repeat for more keys: the grid "
+                             "is every combination")
+    parser.add_argument("--exp", action="append", default=[], metavar="'KEY=V [KEY=V ...]'",
+                        help="one more experiment with exactly these overrides (repeatable)")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="the Ray cluster (ray start --head prints it; default: "
+                             "$RAY_ADDRESS, else a local cluster on this machine)")
+    parser.add_argument("--num-cpus", type=int,
+                        help="CPUs of the local cluster (default: all; not with --address)")
+    parser.add_argument("--cpus-per-experiment", type=float, default=1.0,
+                        help="CPUs Ray reserves for each experiment (default %(default)s)")
+    parser.add_argument("--gpus-per-experiment", type=float, default=0.0,
+                        help="GPUs Ray reserves for each experiment (default %(default)s)")
+    parser.add_argument("--name", help="experiment names are NAME-1, NAME-2, ... (default: "
+                                       "sweep- and 4 random hex digits)")
+    parser.add_argument("--git-remote", default="origin",
+                        help="the git remote the workers clone and push to (default "
+                             "%(default)s)")
+    parser.add_argument("--dvc-remote", help="the DVC remote the workers pull from and push "
+                                             "to (default: the default remote)")
+    parser.add_argument("--scratch", metavar="DIR",
+                        help="folder on each worker for the clones (default: its temporary "
+                             "folder); each clone is removed when its experiment ends")
+    parser.add_argument("--print", action="store_true", dest="dry",
+                        help="check everything and print the experiments and each worker's "
+                             "commands; start nothing")
+    args = parser.parse_args(argv)
+    if args.num_cpus is not None and args.address:
+        parser.error("--num-cpus sizes a local cluster; an existing one (--address) has its own")
+    if args.cpus_per_experiment <= 0 or args.gpus_per_experiment < 0:
+        parser.error("--cpus-per-experiment must be > 0 and --gpus-per-experiment >= 0")
+    root = project_root()
+    if root is None:
+        raise UserError("no project found (a folder with dvc.yaml, params.yaml and stages/); "
+                        "run from the project folder")
+    grid = sweep.expand_grid(args.sets, args.exp)
+    sweep.check_experiments(load_yaml(root / "params.yaml"), grid, params_from_dict)
+    origin = sweep.check_repository(root, args.git_remote, args.dvc_remote)
+    names = sweep.experiment_names(args.name or f"sweep-{secrets.token_hex(2)}", len(grid))
+    sweep.check_names(origin, names)
+    jobs = [sweep.Job(name, overrides, origin.git_url, origin.commit, origin.dvc_remote,
+                      origin.dvc_url, args.scratch) for name, overrides in zip(names, grid)]
+    where = args.address or f"a local Ray cluster ({args.num_cpus or 'all'} CPUs)"
+    print(f"{len(jobs)} experiments of commit {origin.commit[:7]} on {where}; code from "
+          f"{origin.git_url}, data from DVC remote {origin.dvc_remote} ({origin.dvc_url})")
+    for job in jobs:
+        print(f"  {job.name}: {' '.join(job.overrides)}")
+    if args.dry:
+        print("each worker runs, in a fresh folder:")
+        for _, cmd in sweep.worker_commands(jobs[0], "CLONE"):
+            print(f"  {shlex.join(cmd)}")
+        return 0
+    sweep.import_ray()  # before anything starts
+    sys.stdout.flush()
+
+    def report(outcome: sweep.Outcome) -> None:
+        state = "done  " if outcome.ok else "FAILED"
+        print(f"{state} {outcome.name}: {' '.join(outcome.overrides)}", flush=True)
+
+    outcomes = sweep.run_on_ray(jobs, args.address, args.num_cpus, args.cpus_per_experiment,
+                                args.gpus_per_experiment, on_done=report)
+    succeeded = [o.name for o in outcomes if o.ok]
+    sweep.pull_experiments(origin, succeeded)
+    if succeeded:
+        print(f"pulled {', '.join(succeeded)}; compare them: dvc exp show --only-changed")
+    failed = [o for o in outcomes if not o.ok]
+    for o in failed:
+        print(f"--- {o.name} ({' '.join(o.overrides)}): {o.step} failed; its log ends:",
+              *(f"    {line}" for line in o.log_tail), sep="\n", file=sys.stderr)
+    for o in failed:
+        print(f"failed: {o.name} [{' '.join(o.overrides)}] at {o.step}: {o.last_line}",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -275,6 +390,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "import-dicom": cmd_import_dicom,
     "weights": cmd_weights,
     "recipe": cmd_recipe,
+    "sweep": cmd_sweep,
 }
 
 

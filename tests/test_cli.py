@@ -57,13 +57,13 @@ def error_lines(stderr: str) -> list[str]:
 def test_installed_command_lists_its_commands(tmp_path: Path) -> None:
     proc = run_mrnet(tmp_path, "--help")
     assert proc.returncode == 0, proc.stderr
-    for command in ("predict", "exam", "import-dicom", "weights", "recipe"):
+    for command in ("predict", "exam", "import-dicom", "weights", "recipe", "sweep"):
         assert f"mrnet {command}" in proc.stdout
     proc = run_mrnet(tmp_path, "train-everything")
     assert proc.returncode == 2
     assert error_lines(proc.stderr) == ["error: unknown command 'train-everything'; commands: "
-                                        "predict, exam, import-dicom, weights, recipe "
-                                        "(mrnet --help)"]
+                                        "predict, exam, import-dicom, weights, recipe, "
+                                        "sweep (mrnet --help)"]
 
 
 def test_predict_from_another_directory(pipeline: Params, tmp_path: Path) -> None:
