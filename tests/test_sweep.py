@@ -8,7 +8,6 @@ remote, on a tiny pipeline reproduced once.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from e2e import MRNET_PARAMS, init_repo, run, set_params
 from helpers import PROJECT
 
 from mrnet import PLANES, TASKS, cli, sweep
@@ -23,33 +23,8 @@ from mrnet.core.errors import ParamsError, UserError
 
 pytestmark = pytest.mark.e2e
 
-# The pipeline at its smallest that still trains every CNN (as in test_pipeline.py), without
-# the multitask network.
-TINY_PARAMS = {
-    "synthesize": {"n_train": 16, "n_valid": 10, "image_size": 48, "slices_min": 3,
-                   "slices_max": 5},
-    "prepare": {"image_size": 64},
-    "train": {"epochs": 1, "exams_per_batch": 4},
-    "multitask": {"enabled": False},
-    "evaluate": {"bootstrap": 20},
-}
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DVCLIVE_TEST", None)  # stages run as they would for a user
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["TQDM_DISABLE"] = "1"
-    return env
-
-
-def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(args), check=False, cwd=cwd, env=_env(), capture_output=True,
-                          text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
-    return proc
+# The shared tiny pipeline (tests/e2e.py), without the multitask network.
+TINY_PARAMS = {**MRNET_PARAMS, "multitask": {"enabled": False}}
 
 
 def mrnet_sweep(repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -60,18 +35,10 @@ def make_project(repo: Path) -> Path:
     """The project's pipeline with tiny params, committed in a new git + DVC repository."""
     for name in ("mrnet", "stages"):
         shutil.copytree(PROJECT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", "plots/templates/models.json"):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(PROJECT / name, repo / name)
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in TINY_PARAMS.items():
-        raw[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    run(repo, "git", "init", "-q")
-    run(repo, "dvc", "init", "-q")
-    run(repo, "dvc", "config", "core.analytics", "false")
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "init")
+    set_params(repo, TINY_PARAMS)
+    init_repo(repo)
     return repo
 
 
