@@ -34,17 +34,23 @@ EXAM = [
 ]
 
 
-def _dataset(study: str, series_uid: str, number: int, description: str,
-             orientation: tuple, position: tuple, pixels: np.ndarray, spacing: tuple,
-             instance: int, slope: float = 1.0, intercept: float = 0.0,
-             image_type: tuple = ("ORIGINAL", "PRIMARY", "M")) -> Dataset:
+def new_file_dataset(sop_class: str) -> Dataset:
+    """An empty uncompressed (explicit VR little endian) DICOM file of ``sop_class``."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
+def _dataset(study: str, series_uid: str, number: int, description: str,
+             orientation: tuple, position: tuple, pixels: np.ndarray, spacing: tuple,
+             instance: int, slope: float = 1.0, intercept: float = 0.0,
+             image_type: tuple = ("ORIGINAL", "PRIMARY", "M")) -> Dataset:
+    ds = new_file_dataset(MRImageStorage)
     ds.Modality = "MR"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
     ds.SeriesNumber, ds.InstanceNumber = number, instance

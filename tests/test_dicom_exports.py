@@ -25,7 +25,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from test_dicom import AXIAL, CORONAL, SAGITTAL, write_exam
+from test_dicom import AXIAL, CORONAL, SAGITTAL, new_file_dataset, write_exam
 
 from mrnet import PLANES
 from mrnet.data.dicom import DicomError, import_exam
@@ -310,9 +310,8 @@ def as_enhanced(classic_folder: Path, dest: Path, orientation_in: str = "shared"
     Returns:
         {series number: its file}.
     """
-    from pydicom.dataset import FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import EnhancedMRImageStorage
 
     def group(**values: object) -> Dataset:
         item = Dataset()
@@ -330,13 +329,7 @@ def as_enhanced(classic_folder: Path, dest: Path, orientation_in: str = "shared"
     for number, slices in series.items():
         slices = [slices[i] for i in rng.permutation(len(slices))]
         first = slices[0]
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = EnhancedMRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds = new_file_dataset(EnhancedMRImageStorage)
         for name in ("Modality", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber",
                      "SeriesDescription", "Rows", "Columns", "SamplesPerPixel",
                      "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
