@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mrnet import PLANES
 from mrnet.core.errors import ParamsError, UserError, cli
-from mrnet.core.params import load_yaml
+from mrnet.core.params import load_yaml, section_of
 
 PROJECT_MARKERS = ("dvc.yaml", "params.yaml", "stages")
 
@@ -193,11 +193,8 @@ def apply_overrides(raw: Mapping[str, Any], pairs: Mapping[str, Any]) -> dict[st
     """
     out = copy.deepcopy(dict(raw))
     for key, value in pairs.items():
-        *parents, last = key.split(".")
-        node = out
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or last not in node:
+        node, last = section_of(out, key)
+        if node is None or last not in node:
             raise ParamsError(f"recipe key {key} is not in params.yaml")
         node[last] = value
     return out

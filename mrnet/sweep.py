@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from mrnet.core.errors import ParamsError, UserError
-from mrnet.core.params import parse_yaml
+from mrnet.core.params import parse_yaml, section_of
 
 CLUSTER_EXTRA = "install the cluster extra: pip install -e .[cluster]"
 # Lines of a failed experiment's log kept for the report.
@@ -157,12 +157,10 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
     for text in overrides:
         key, _, value = text.partition("=")
         new = key.startswith("+")
-        *parents, last = key.lstrip("+").split(".")
-        node: Any = out
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict):
-            raise ParamsError(f"unknown params key {key.lstrip('+')} ({'.'.join(parents)} is "
+        node, last = section_of(out, key.lstrip("+"))
+        if node is None:
+            parents = key.lstrip("+").rpartition(".")[0]
+            raise ParamsError(f"unknown params key {key.lstrip('+')} ({parents} is "
                               "not a section of params.yaml)")
         if new and last in node:
             raise ParamsError(f"{key}: params.yaml has {key[1:]} already; drop the +")

@@ -89,6 +89,16 @@ def merge(base: dict, over: Mapping) -> dict:
     return out
 
 
+def section_of(raw: Mapping, key: str) -> tuple[dict | None, str]:
+    """The section of ``raw`` that holds dotted ``key`` (None when one of its parents is
+    missing or not a section), and the key's last part: where ``-S key=value`` writes."""
+    *parents, last = key.split(".")
+    node: Any = raw
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), last
+
+
 def check_type(value: Any, tp: Any, key: str) -> Any:
     """``value`` checked to be of the plain type ``tp`` (bool, int, float, str) for ``key``."""
     if tp is bool:
