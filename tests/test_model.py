@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
 
-from mrnet.core.backbones import GreyStemConv2d, make_backbone, segment_pool
+from mrnet.core.backbones import AlexNet, GreyStemConv2d, make_backbone, segment_pool
 from mrnet.model import PIXEL_MEAN, PIXEL_STD, MRNet, MRNetConfig, normalize
 from mrnet.mura.model import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalize
 
@@ -132,3 +136,24 @@ def test_grey_stem_keeps_channels_last_layout() -> None:
     features = features.to(memory_format=torch.channels_last)
     out = features[0](torch.randn(2, 1, 64, 64))
     assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+
+
+def test_alexnet_is_torchvisions_without_importing_it() -> None:
+    """The project's AlexNet gives torchvision's weights for the same seed and leaves the RNG
+    where torchvision's leaves it (the model's head is drawn next), and its stage processes do
+    not import torchvision."""
+    torch.manual_seed(7)
+    ours = AlexNet().state_dict()
+    after_ours = torch.get_rng_state()
+    torch.manual_seed(7)
+    theirs = torchvision.models.alexnet(weights=None).state_dict()
+    assert torch.equal(after_ours, torch.get_rng_state())
+    assert list(ours) == list(theirs)
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    code = ("import sys, stages.train, stages.extract; from mrnet.core.backbones import "
+            "make_backbone; make_backbone('alexnet'); print('torchvision' in sys.modules, "
+            "'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["False", "False"]

@@ -8,7 +8,6 @@ Only nn.Modules and tensor functions live here; ImageNet weights come through
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from mrnet.core.weights import BACKBONES, INITS, TORCHVISION_NAMES, load_pretrained
@@ -30,6 +29,53 @@ def kaiming_init(features: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
+class AlexNet(nn.Module):
+    """torchvision's ``AlexNet`` (same modules, names and default init, built in the same
+    order), so the same seed gives the same weights and ImageNet state dicts load unchanged.
+
+    Defined here because importing torchvision pulls in ``torch._dynamo`` (seconds of CPU in
+    every stage process); only the other backbones import it. Its classifier is never run, but
+    it is built so that the random draws after it (the model's head) are torchvision's too.
+    """
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+
+
+def _network(name: str) -> nn.Module:
+    """The randomly initialised torchvision network ``name`` (with its classifier)."""
+    if name == "alexnet":
+        return AlexNet()
+    import torchvision  # only for the other backbones: see AlexNet
+
+    return getattr(torchvision.models, TORCHVISION_NAMES[name][0])(weights=None)
+
+
 def make_backbone(name: str, pretrained: bool = False,
                   init: str = "default") -> tuple[nn.Module, int]:
     """A torchvision feature extractor (no classifier) and its output channel count.
@@ -41,7 +87,7 @@ def make_backbone(name: str, pretrained: bool = False,
         raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
-    net = getattr(torchvision.models, TORCHVISION_NAMES[name][0])(weights=None)
+    net = _network(name)
     if pretrained:
         load_pretrained(net, name)
     elif init == "kaiming":

@@ -16,7 +16,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from mrnet.core.errors import UserError
 
@@ -49,6 +48,10 @@ def auc(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray)
     labels = np.asarray(labels)
     if labels.size == 0 or labels.min() == labels.max():
         return float("nan")
+    # imported on first use: scikit-learn costs every stage process that imports this module
+    # (all of them) a second or more of CPU, and only some compute an AUC
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(labels, np.asarray(probs, dtype=np.float64)))
 
 
@@ -157,6 +160,8 @@ def youden_threshold(labels: Sequence[int] | np.ndarray,
     labels = np.asarray(labels)
     if labels.size == 0 or labels.min() == labels.max():
         return float("nan")
+    from sklearn.metrics import roc_curve  # on first use, as in auc()
+
     fpr, tpr, thresholds = roc_curve(labels, np.asarray(probs, dtype=np.float64))
     finite = np.isfinite(thresholds)
     j = np.where(finite, tpr - fpr, -np.inf)
