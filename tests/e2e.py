@@ -26,6 +26,7 @@ MRNET_PARAMS = {
                    "slices_max": 5},
     "prepare": {"image_size": 64},
     "train": {"epochs": 1, "exams_per_batch": 4},
+    "task": {"abnormal": {}},  # one epoch for every CNN (params.yaml gives abnormal its own)
     "evaluate": {"bootstrap": 20},
     "kneemri": {"train": {"epochs": 1},
                 "synthetic": {"out": "data/synthetic-kneemri", "seed": 0, "exams_per_folder": 3,

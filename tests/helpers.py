@@ -24,13 +24,16 @@ def raw_params() -> dict[str, Any]:
 
 
 def tmp_params(tmp: Path, root: Path, **sections: dict[str, Any]) -> Params:
-    """Project params with data.root = ``root``, outputs under ``tmp``, sections updated."""
+    """Project params with data.root = ``root``, outputs under ``tmp``, no per-task
+    overrides, sections updated."""
     raw = copy.deepcopy(raw_params())
     raw["data"]["root"] = str(root)
     raw["prepare"]["out"] = str(tmp / "prepared")
     raw["train"]["out"] = str(tmp / "models")
     raw["extract"]["out"] = str(tmp / "probs")
     raw["ensemble"]["out"] = str(tmp / "models")
+    # the demo's per-task overrides (abnormal's epochs) are its scale, not a test's
+    raw["task"] = {task: {} for task in raw["task"]}
     for name, values in sections.items():
         for key, value in values.items():
             raw[name][key] = value

@@ -37,7 +37,7 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _train(tmp: Path, root: Path, prepared: Path, precision: str) -> dict:
-    params = tmp_params(tmp, root, train={"precision": precision})
+    params = tmp_params(tmp, root, train={"precision": precision}, task=DEMO["task"])
     params = dataclasses.replace(params, prepare=dataclasses.replace(params.prepare,
                                                                      out=str(prepared)))
     return train_model(params, "acl", "sagittal", live_dir=False)

@@ -104,11 +104,11 @@ def test_overrides_are_checked_as_the_pipeline_checks_params() -> None:
     from mrnet.core.params import load_yaml
 
     raw = load_yaml(PROJECT / "params.yaml")
-    sweep.check_experiments(raw, [("train.lr=3e-4",), ("+task.acl.epochs=2",)],
+    sweep.check_experiments(raw, [("train.lr=3e-4",), ("+task.meniscus.epochs=2",)],
                             params_from_dict)
-    changed = sweep.apply_overrides(raw, ["train.lr=3e-4", "+task.acl.epochs=2"])
-    assert changed["train"]["lr"] == 3e-4 and changed["task"]["acl"] == {"epochs": 2}
-    assert raw["task"]["acl"] == {}  # the original is untouched
+    changed = sweep.apply_overrides(raw, ["train.lr=3e-4", "+task.meniscus.epochs=2"])
+    assert changed["train"]["lr"] == 3e-4 and changed["task"]["meniscus"] == {"epochs": 2}
+    assert raw["task"]["meniscus"] == {}  # the original is untouched
     for overrides, message in [
         (("train.lrr=1",), "train.lrr=1: unknown params key train.lrr"),
         (("task.acl.lr=1",), r"a key new to its section takes Hydra's \+ prefix"),

@@ -198,11 +198,13 @@ def test_draw_labels_rejects_bad_split() -> None:
 
 
 def test_findings_are_local() -> None:
-    """A finding changes only a small part of the volume, and most in its best plane."""
+    """A finding changes only a small part of the volume, and changes it most in its main
+    plane: the tears show with the most contrast in sagittal."""
     cfg = SynthesizeConfig(seed=0, image_size=64, slices_min=16, slices_max=16)
     normal = {"abnormal": 1, "acl": 0, "meniscus": 0}
-    changed: dict[str, dict[str, float]] = {"acl": {}, "meniscus": {}}
-    for task, per_plane in changed.items():
+    for task in ("acl", "meniscus"):
+        area: dict[str, float] = {}
+        contrast: dict[str, list[np.ndarray]] = {plane: [] for plane in PLANES}
         for case in range(4):
             # The oedema draw follows the tear flag, so compare exams without any oedema.
             a = render_exam(case, {**normal, "abnormal": 0}, cfg)
@@ -210,11 +212,12 @@ def test_findings_are_local() -> None:
             for plane in PLANES:
                 # Same seed: anatomy and noise agree except where the finding (or its
                 # optional bone bruise) was painted.
-                diff = np.abs(a[plane].astype(int) - b[plane].astype(int)) > 40
-                per_plane[plane] = per_plane.get(plane, 0) + diff.mean() / 4
-    for task, per_plane in changed.items():
-        assert 0 < per_plane["sagittal"] < 0.05, (task, per_plane)
-        assert per_plane["axial"] < per_plane["sagittal"], (task, per_plane)
+                diff = np.abs(a[plane].astype(int) - b[plane].astype(int))
+                area[plane] = area.get(plane, 0) + (diff > 40).mean() / 4
+                contrast[plane].append(diff[diff > 40])
+        mean_change = {p: float(np.concatenate(c).mean()) for p, c in contrast.items()}
+        assert all(0 < v < 0.05 for v in area.values()), (task, area)
+        assert max(mean_change, key=mean_change.get) == "sagittal", (task, mean_change)
 
 
 # ----------------------------------------------------------------------------- no leak
