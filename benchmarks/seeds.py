@@ -65,8 +65,10 @@ def sh(cmd: list[str], cwd: Path, log: Path) -> None:
 def collect(repo: Path, out: Path) -> dict:
     """Copy one run's metrics and ensemble tables to ``out``; return its figures."""
     out.mkdir(parents=True, exist_ok=True)
+    multitask = repo / "models" / "multitask"  # absent with -S multitask.enabled=false
     result: dict = {"tasks": {}, "learning": learning_table(
-        repo / "data" / "probs", repo / "models", repo / "models" / "multitask")}
+        repo / "data" / "probs", repo / "models",
+        multitask if (multitask / "model.pt").exists() else None)}
     for task in TASKS:
         table = read_probs(repo / "data" / "probs" / f"ensemble-{task}.csv")
         shutil.copy(repo / "data" / "probs" / f"ensemble-{task}.csv", out)
