@@ -119,18 +119,24 @@ class TrainedRepo(NamedTuple):
     ran: set[str]
 
 
+def copy_pipeline(repo: Path) -> None:
+    """The MRNet pipeline's code and definition (package, stages, dvc.yaml, params.yaml,
+    .gitignore) copied into ``repo``, without what a local run left there."""
+    for name in ("mrnet", "stages"):
+        shutil.copytree(PROJECT / name, repo / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(PROJECT / name, repo / name)
+
+
 def build_trained_repo(repo: Path) -> TrainedRepo:
     """The project (both DVC pipelines) in a fresh git + DVC repository at tiny scale, with
     MURA reproduced and then every pipeline as the README does it (KneeMRI off, as by
     default), committed."""
-    for name in ("mrnet", "stages"):
-        shutil.copytree(PROJECT / name, repo / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    copy_pipeline(repo)
     # only the pipeline's definition: not what a local run left in mura/
     shutil.copytree(PROJECT / "mura", repo / "mura",
                     ignore=shutil.ignore_patterns("__pycache__", "data", "models", "dvc.lock"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(PROJECT / name, repo / name)
     set_params(repo, MRNET_PARAMS)
     set_params(repo, MURA_PARAMS, "mura/params.yaml")
     init_repo(repo)

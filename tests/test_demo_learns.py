@@ -8,12 +8,10 @@ of the nine CNNs and the multitask network did on its own train exams instead
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from e2e import init_repo, run
-from helpers import PROJECT
+from e2e import copy_pipeline, init_repo, run
 
 from mrnet import PLANES, TASKS
 from mrnet.evaluation.learning import learning_table
@@ -25,10 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The MRNet pipeline at the committed params, reproduced in a fresh repository."""
     repo = tmp_path_factory.mktemp("demo")
-    for name in ("mrnet", "stages"):
-        shutil.copytree(PROJECT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(PROJECT / name, repo / name)
+    copy_pipeline(repo)
     init_repo(repo)
     run(repo, "dvc", "repro")
     return repo

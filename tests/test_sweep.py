@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e import MRNET_PARAMS, init_repo, run, set_params
+from e2e import MRNET_PARAMS, copy_pipeline, init_repo, run, set_params
 from helpers import PROJECT
 
 from mrnet import PLANES, TASKS, cli, sweep
@@ -33,10 +33,7 @@ def mrnet_sweep(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 def make_project(repo: Path) -> Path:
     """The project's pipeline with tiny params, committed in a new git + DVC repository."""
-    for name in ("mrnet", "stages"):
-        shutil.copytree(PROJECT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(PROJECT / name, repo / name)
+    copy_pipeline(repo)
     set_params(repo, TINY_PARAMS)
     init_repo(repo)
     return repo
