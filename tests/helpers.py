@@ -23,6 +23,13 @@ def raw_params() -> dict[str, Any]:
     return load_yaml(PROJECT / "params.yaml")
 
 
+def without_task_overrides(raw: dict[str, Any]) -> dict[str, Any]:
+    """Empty params.yaml's per-task overrides in ``raw`` (in place, and returned): the demo's
+    (abnormal's epochs) are its scale, not a test's."""
+    raw["task"] = {task: {} for task in raw["task"]}
+    return raw
+
+
 def tmp_params(tmp: Path, root: Path, **sections: dict[str, Any]) -> Params:
     """Project params with data.root = ``root``, outputs under ``tmp``, no per-task
     overrides, sections updated."""
@@ -32,8 +39,7 @@ def tmp_params(tmp: Path, root: Path, **sections: dict[str, Any]) -> Params:
     raw["train"]["out"] = str(tmp / "models")
     raw["extract"]["out"] = str(tmp / "probs")
     raw["ensemble"]["out"] = str(tmp / "models")
-    # the demo's per-task overrides (abnormal's epochs) are its scale, not a test's
-    raw["task"] = {task: {} for task in raw["task"]}
+    without_task_overrides(raw)
     for name, values in sections.items():
         for key, value in values.items():
             raw[name][key] = value

@@ -55,7 +55,7 @@ def _project(base: Path, data: Path, prepared: Path) -> Path:
     raw["data"]["root"] = "data/MRNet-v1.0"
     raw["prepare"].update({"out": "data/prepared", "image_size": 64})
     raw["train"].update({"out": "models", **TRAIN})
-    raw["task"] = {task: {} for task in raw["task"]}  # TRAIN's epochs for every task
+    without_task_overrides(raw)  # TRAIN's epochs for every task
     (base / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return base
 
