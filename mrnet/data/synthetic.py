@@ -53,7 +53,7 @@ MRNET_VALID_START = 1130
 
 # How strongly each finding shows in each plane's sequence (alpha of the lesion paint). Tears
 # are clearest in sagittal. Below 0.9 a weaker plane's tear is not learnable from ~30 positive
-# exams in the demo's 8 epochs at 64 px: at 0.3 (ACL) and 0.35 (meniscus), as these once were,
+# exams in the demo's 10 epochs at 64 px: at 0.3 (ACL) and 0.35 (meniscus), as these once were,
 # the axial CNNs never left the constant-output loss; at 0.75 the ACL axial one needed 13.
 VISIBILITY: dict[str, dict[str, float]] = {
     "oedema": {"axial": 0.9, "coronal": 1.0, "sagittal": 1.0},
