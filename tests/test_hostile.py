@@ -92,8 +92,9 @@ def test_yaml11_boolean_words_are_strings_hence_a_type_error(tmp_path: Path, wor
 
 
 def test_duplicate_key_is_refused_naming_key_file_and_line(tmp_path: Path) -> None:
-    text = (PROJECT / "params.yaml").read_text().replace("  epochs: 8\n",
-                                                         "  epochs: 8\n  epochs: 3\n", 1)
+    original = (PROJECT / "params.yaml").read_text()
+    text = re.sub(r"^(  epochs: \d+\n)", r"\1  epochs: 3\n", original, count=1, flags=re.M)
+    assert text != original, "params.yaml has no two-space-indented epochs line to repeat"
     path = tmp_path / "params.yaml"
     path.write_text(text)
     line = text.splitlines().index("  epochs: 3") + 1

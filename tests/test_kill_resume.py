@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from e2e import digest_tree, env
-from helpers import PROJECT, raw_params
+from helpers import PROJECT, raw_params, without_task_overrides
 
 from mrnet.config import SynthesizeConfig
 from mrnet.data.prepare import prepare_plane

@@ -112,9 +112,11 @@ def _run_stage(cwd: Path, pretrained: bool, torch_home: Path) -> subprocess.Comp
     """Run the weights stage in ``cwd`` with the project's params (model.pretrained set);
     without pretrained weights the process must end without torch imported."""
     params = (PROJECT / "params.yaml").read_text()
-    assert "pretrained: false" in params
-    (cwd / "params.yaml").write_text(
-        params.replace("pretrained: false", f"pretrained: {str(pretrained).lower()}"))
+    assert "pretrained: false" in params and "  init: kaiming" in params
+    if pretrained:  # pretrained weights start as they were trained: init must be 'default'
+        params = params.replace("pretrained: false", "pretrained: true").replace(
+            "  init: kaiming", "  init: default")
+    (cwd / "params.yaml").write_text(params)
     code = ("import sys, runpy\n"
             "sys.argv = ['stages.weights']\n"
             "try:\n"
