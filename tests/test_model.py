@@ -157,3 +157,12 @@ def test_alexnet_is_torchvisions_without_importing_it() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_ensemble_stage_does_not_import_torch() -> None:
+    """Logistic regression over three probability tables needs no torch: its three stage
+    processes start without paying for the import."""
+    code = "import sys, stages.ensemble; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["False"]

@@ -15,7 +15,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from mrnet.core.errors import UserError
 
@@ -24,7 +23,10 @@ log = logging.getLogger(__name__)
 
 def sigmoid(logits: np.ndarray | Sequence[float] | float) -> np.ndarray:
     """Probabilities of logits, computed in float64: the one sigmoid of every table, report and
-    prediction, so a probability is the same number wherever it is shown."""
+    prediction, so a probability is the same number wherever it is shown. torch is imported
+    here, not at the top: the ensemble and report stages need the rest of this module only."""
+    import torch
+
     return torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
 
 
