@@ -86,9 +86,11 @@ def collect(repo: Path, out: Path) -> dict:
 
 
 def mean_sd(values: list[float]) -> str:
+    """``mean ± sd`` (sample sd) of ``values``; one value alone has no sd, so it is printed bare."""
     arr = np.asarray(values, dtype=np.float64)
-    sd = float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
-    return f"{arr.mean():.3f} ± {sd:.3f}"
+    if arr.size == 1:
+        return f"{arr[0]:.3f}"
+    return f"{arr.mean():.3f} ± {float(arr.std(ddof=1)):.3f}"
 
 
 def main() -> None:
