@@ -151,18 +151,20 @@ def test_alexnet_is_torchvisions_without_importing_it() -> None:
     assert list(ours) == list(theirs)
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), key
-    code = ("import sys, stages.train, stages.extract; from mrnet.core.backbones import "
-            "make_backbone; make_backbone('alexnet'); print('torchvision' in sys.modules, "
-            "'sklearn' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parents[1])
-    assert out.stdout.split() == ["False", "False"]
+    assert _printed("import sys, stages.train, stages.extract; from mrnet.core.backbones import "
+                    "make_backbone; make_backbone('alexnet'); print('torchvision' in sys.modules, "
+                    "'sklearn' in sys.modules)") == ["False", "False"]
 
 
 def test_the_ensemble_stage_does_not_import_torch() -> None:
     """Logistic regression over three probability tables needs no torch: its three stage
     processes start without paying for the import."""
-    code = "import sys, stages.ensemble; print('torch' in sys.modules)"
+    assert _printed("import sys, stages.ensemble; print('torch' in sys.modules)") == ["False"]
+
+
+def _printed(code: str) -> list[str]:
+    """The words ``code`` prints when run by a fresh interpreter in the project root (a fresh
+    process, so ``sys.modules`` holds only what ``code`` imported)."""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1])
-    assert out.stdout.split() == ["False"]
+    return out.stdout.split()
