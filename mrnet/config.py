@@ -121,6 +121,9 @@ class TrainConfig:
     # > 1: data-parallel over this many processes under torchrun (one GPU each, or CPU/gloo);
     # each process takes exams_per_batch exams per step.
     processes: int = 1
+    # CPU threads of the scoring passes: the validation pass after every epoch and the extract
+    # stage (0: torch's default, one per core). Batches of small images gain little from more.
+    eval_threads: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def check(self, key: str) -> None:

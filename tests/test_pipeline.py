@@ -67,7 +67,8 @@ def test_repro_produces_models_metrics_and_plots(repo: Path) -> None:
 def test_evaluate_param_reruns_only_evaluate(repo: Path) -> None:
     set_params(repo, {"evaluate": {"bootstrap": 30}})
     status = run(repo, "dvc", "status").stdout
-    assert "evaluate:" in status and "train@" not in status and "ensemble@" not in status
+    stages = {line[:-1] for line in status.splitlines() if line and not line[0].isspace()}
+    assert "evaluate" in stages and not {s for s in stages if s.startswith(("train", "ensemble"))}
     # kneemri_evaluate bootstraps with the same evaluate keys (a note while it is off)
     assert ran_stages(run(repo, "dvc", "repro").stdout) == {"evaluate", "kneemri_evaluate"}
 

@@ -56,11 +56,12 @@ def count_range(key: str, low: str, high: str, values: tuple[int, int]) -> None:
 
 def check_run(key: str, cfg: Any, counts: tuple[str, ...]) -> None:
     """The keys every dataset's ``train`` section shares: device, precision, the ``counts``
-    (each at least 1), lr, weight_decay and lr_factor."""
+    (each at least 1), eval_threads (at least 0), lr, weight_decay and lr_factor."""
     one_of(f"{key}.device", cfg.device, DEVICES)
     one_of(f"{key}.precision", cfg.precision, PRECISIONS)
     for name in counts:
         at_least(f"{key}.{name}", getattr(cfg, name), 1)
+    at_least(f"{key}.eval_threads", cfg.eval_threads, 0)
     if cfg.lr <= 0 or cfg.weight_decay < 0:
         raise ParamsError(f"{key}.lr must be > 0 and {key}.weight_decay >= 0")
     in_unit_interval(f"{key}.lr_factor", cfg.lr_factor)

@@ -47,6 +47,21 @@ def wants_channels_last(device: torch.device, bf16: bool) -> bool:
     return device.type == "cuda" or bf16
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """torch's intra-op CPU threads set to ``n`` inside the block (0: leave them as they are),
+    restored after it."""
+    if n <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fast_layout(model: torch.nn.Module, device: torch.device, bf16: bool) -> torch.nn.Module:
     """The model in the memory layout the pipeline trains and evaluates it in."""
     if wants_channels_last(device, bf16):

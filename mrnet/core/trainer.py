@@ -34,7 +34,7 @@ from tqdm import tqdm
 from mrnet.core.distributed import dist_info
 from mrnet.core.io import atomic_path
 from mrnet.core.predict import predict
-from mrnet.core.runtime import autocast
+from mrnet.core.runtime import autocast, cpu_threads
 from mrnet.core.stats import auc
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class TrainSettings(Protocol):
     weight_decay: float
     lr_factor: float
     lr_patience: int
+    eval_threads: int
 
 
 class TrainingInterrupted(RuntimeError):
@@ -124,7 +125,8 @@ def fit_loop(model: torch.nn.Module, cfg: TrainSettings, optimizer: torch.optim.
     while state.epoch < cfg.epochs and not state.stopped_early:
         epoch = state.epoch + 1
         tr = run_train(epoch)
-        va = run_eval()
+        with cpu_threads(cfg.eval_threads):
+            va = run_eval()
         scheduler.step(va["loss"])
         lr = optimizer.param_groups[0]["lr"]
         row = dict(zip(HISTORY_KEYS, (epoch, tr["loss"], tr["auc"], va["loss"], va["auc"], lr)))

@@ -128,6 +128,9 @@ class TrainConfig:
     # "view": every view carries its study's label and weight (the paper); "study": the BCE of
     # the study's mean probability.
     loss: str = "view"
+    # CPU threads of the scoring passes: the validation pass after every epoch and the extract
+    # stage (0: torch's default, one per core). Batches of small images gain little from more.
+    eval_threads: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def check(self, key: str) -> None:

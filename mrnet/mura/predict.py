@@ -40,7 +40,7 @@ import torch
 from mrnet.core.errors import DatasetError, UserError, cli
 from mrnet.core.io import write_text
 from mrnet.core.packed import PackedSet
-from mrnet.core.runtime import fast_layout, select_device, use_bf16
+from mrnet.core.runtime import cpu_threads, fast_layout, select_device, use_bf16
 from mrnet.core.stats import sigmoid
 from mrnet.core.tables import read_table
 from mrnet.mura.config import PARAMS_FILE, MuraParams, load_params
@@ -76,13 +76,15 @@ def prepared_tables(model: MuraNet, prepared: PreparedStudies, device: torch.dev
 
 
 def extract(params: MuraParams) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Probabilities of every train and valid study and view from the trained model."""
+    """Probabilities of every train and valid study and view from the trained model, on
+    ``train.eval_threads`` CPU threads."""
     device = select_device(params.train.device, "train.device of mura/params.yaml")
     model, _ = load_model(Path(params.train.out) / CHECKPOINT, device)
     bf16 = use_bf16(params.train.precision, device)
     fast_layout(model, device, bf16)
-    parts = [prepared_tables(model, load_prepared(params.prepare.out, split), device, bf16)
-             for split in ("train", "valid")]
+    with cpu_threads(params.train.eval_threads):
+        parts = [prepared_tables(model, load_prepared(params.prepare.out, split), device, bf16)
+                 for split in ("train", "valid")]
     return (pd.concat([p[0] for p in parts], ignore_index=True),
             pd.concat([p[1] for p in parts], ignore_index=True))
 

@@ -1,12 +1,15 @@
-"""Per-exam probabilities of one trained CNN on every train and valid exam."""
+"""Per-exam probabilities of the trained CNNs on every train and valid exam."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
+from mrnet import PLANES, TASKS
 from mrnet.config import Params
-from mrnet.core.runtime import fast_layout, select_device, use_bf16
+from mrnet.core.errors import UserError
+from mrnet.core.runtime import cpu_threads, fast_layout, select_device, use_bf16
 from mrnet.core.stats import sigmoid
 from mrnet.core.tables import make_probs, write_probs
 from mrnet.model import exam_logits, load_checkpoint
@@ -43,3 +46,23 @@ def extract_probs(params: Params, task: str, plane: str) -> Path:
     write_probs(out, make_probs(case_ids, splits, labels, probs))
     log.info("%s-%s: %d probabilities -> %s", task, plane, len(case_ids), out)
     return out
+
+
+def extract_all(params: Params, tasks: Sequence[str] = TASKS,
+                planes: Sequence[str] = PLANES) -> list[Path]:
+    """:func:`extract_probs` for every (task, plane) CNN, in one process.
+
+    Every checkpoint is looked for before the first is scored, so a missing one stops the
+    stage before it writes anything. Each CNN is scored on ``train.eval_threads`` CPU threads
+    (its task's value).
+    """
+    pairs = [(task, plane) for task in tasks for plane in planes]
+    for task, plane in pairs:
+        path = Path(params.train_for(task).out) / f"{task}-{plane}.pt"
+        if not path.is_file():
+            raise UserError(f"{path}: model checkpoint not found; train it with `dvc repro`")
+    written = []
+    for task, plane in pairs:
+        with cpu_threads(params.train_for(task).eval_threads):
+            written.append(extract_probs(params, task, plane))
+    return written
