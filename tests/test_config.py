@@ -64,3 +64,16 @@ def test_task_override_needs_no_other_keys() -> None:
     params = params_from_dict(raw)
     assert params.train_for("acl").lr == 3e-4
     assert params.train_for("acl").epochs == params.train.epochs
+
+
+@pytest.mark.parametrize("section", ["train", "multitask"])
+def test_negative_eval_threads_is_named(section: str) -> None:
+    raw = copy.deepcopy(raw_params())
+    if section == "train":
+        raw["train"]["eval_threads"] = -1
+        key = "train.eval_threads"
+    else:
+        raw["multitask"]["train"] = {"eval_threads": -2}
+        key = "multitask.train.eval_threads"
+    with pytest.raises(ParamsError, match=rf"{key} must be at least 0, got -"):
+        params_from_dict(raw)

@@ -14,9 +14,9 @@ from helpers import tmp_params
 from PIL import Image
 
 from mrnet.core.errors import UserError
-from mrnet.core.runtime import select_device, use_bf16, wants_channels_last
-from mrnet.core.trainer import (TrainingInterrupted, better, compute_pos_weight, derive_seed,
-                                run_training, weighted_bce)
+from mrnet.core.runtime import cpu_threads, select_device, use_bf16, wants_channels_last
+from mrnet.core.trainer import (FitState, TrainingInterrupted, better, compute_pos_weight,
+                                derive_seed, fit_loop, run_training, weighted_bce)
 from mrnet.data.prepare import load_prepared, prepare_plane
 from mrnet.model import load_checkpoint
 from mrnet.training import cnn
@@ -121,6 +121,7 @@ class _ScriptedCfg:
     weight_decay: float = 0.0
     lr_factor: float = 0.5
     lr_patience: int = 2
+    eval_threads: int = 0
 
 
 # Validation loss by epoch: best at epoch 1, worse every epoch after. With lr_patience 2 the
@@ -287,3 +288,51 @@ def test_device_error_names_the_key_or_option_asked(monkeypatch: pytest.MonkeyPa
         mura_main([str(study), "--device", "cuda", "--model", str(tmp_path / "none.pt")])
     assert stop.value.code == 2
     assert "error: --device is 'cuda' but no CUDA device" in capsys.readouterr().err
+
+
+def test_cpu_threads_sets_the_count_inside_and_restores_it_after() -> None:
+    before = torch.get_num_threads()
+    with cpu_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"), cpu_threads(before + 1):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with cpu_threads(0):  # 0 leaves torch's count alone
+        assert torch.get_num_threads() == before
+
+
+def test_the_validation_pass_runs_on_eval_threads_and_training_on_the_rest() -> None:
+    before = torch.get_num_threads()
+    seen: dict[str, list[int]] = {"train": [], "eval": []}
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+
+    def run_train(epoch: int) -> dict[str, float]:
+        seen["train"].append(torch.get_num_threads())
+        return {"loss": 1.0, "auc": 0.5}
+
+    def run_eval() -> dict[str, float]:
+        seen["eval"].append(torch.get_num_threads())
+        return {"loss": 1.0, "auc": 0.5}
+
+    cfg = _ScriptedCfg(epochs=2, eval_threads=before + 1)
+    fit_loop(model, cfg, optimizer, scheduler, FitState(), run_train, run_eval)
+    assert seen == {"train": [before, before], "eval": [before + 1, before + 1]}
+    assert torch.get_num_threads() == before
+
+
+def test_extract_with_a_checkpoint_missing_names_it_and_writes_nothing(tmp_path: Path) -> None:
+    from mrnet.training.extract import extract_all
+
+    params = tmp_params(tmp_path, tmp_path / "MRNet-v1.0")
+    models = tmp_path / "models"
+    models.mkdir()
+    for task in ("abnormal", "acl", "meniscus"):
+        for plane in ("axial", "coronal", "sagittal"):
+            if (task, plane) != ("meniscus", "coronal"):
+                (models / f"{task}-{plane}.pt").write_bytes(b"not read before the check")
+    with pytest.raises(UserError, match=r"meniscus-coronal\.pt: model checkpoint not found"):
+        extract_all(params)
+    assert not (tmp_path / "probs").exists()
