@@ -1,8 +1,4 @@
-"""ensemble: per task, logistic regression over its three plane probabilities.
-
-One process fits all three tasks (``--task`` narrows it down when run by hand); each fit
-takes milliseconds, a stage of its own a few seconds of Python and DVC bookkeeping.
-"""
+"""ensemble@{task}: logistic regression over the task's three plane probabilities."""
 
 from __future__ import annotations
 
@@ -19,15 +15,13 @@ log = logging.getLogger("stages.ensemble")
 
 @cli
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=TASKS, help="only this task (default: all three)")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--task", required=True, choices=TASKS)
     args = parser.parse_args()
     params = load_params()
-    for task in [args.task] if args.task else TASKS:
-        log.info("ensemble %s: C=%s, tables from %s", task, params.ensemble.C,
-                 params.extract.out)
-        run_ensemble(params, task)
+    log.info("ensemble %s: C=%s, tables from %s", args.task, params.ensemble.C,
+             params.extract.out)
+    run_ensemble(params, args.task)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def test_artifacts_are_declared_for_every_model(team: dict[str, Path]) -> None:
 def test_an_experiment_travels_through_the_remotes(team: dict[str, Path]) -> None:
     a, b = team["a"], team["b"]
     proc = run(a, "dvc", "exp", "run", "-n", "c-half", "-S", "ensemble.C=0.5")
-    assert "ensemble" in ran_stages(proc.stdout)
+    assert "ensemble@acl" in ran_stages(proc.stdout)
     assert not {s for s in ran_stages(proc.stdout) if s.startswith("train")}
     metrics_a = json.loads((a / "metrics" / "acl.json").read_text())
     run(a, "dvc", "exp", "push", "origin", "c-half")
