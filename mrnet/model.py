@@ -155,11 +155,17 @@ class MultitaskMRNet(nn.Module):
         return self.classifier(torch.cat(pooled, dim=1).to(self.classifier.weight.dtype))
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[MRNet, dict]:
-    """Rebuild a trained per-plane CNN from its checkpoint (weights only, no pickled objects)."""
+def require_checkpoint(path: str | Path) -> Path:
+    """``path`` as a Path; a missing file is a :class:`UserError` naming it and the fix."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: model checkpoint not found; train it with `dvc repro`")
+    return path
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[MRNet, dict]:
+    """Rebuild a trained per-plane CNN from its checkpoint (weights only, no pickled objects)."""
+    path = require_checkpoint(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = MRNet(MRNetConfig(**ckpt["config"]["model"]))
     model.load_state_dict(ckpt["model"])

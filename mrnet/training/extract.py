@@ -8,11 +8,10 @@ from pathlib import Path
 
 from mrnet import PLANES, TASKS
 from mrnet.config import Params
-from mrnet.core.errors import UserError
 from mrnet.core.runtime import cpu_threads, fast_layout, select_device, use_bf16
 from mrnet.core.stats import sigmoid
 from mrnet.core.tables import make_probs, write_probs
-from mrnet.model import exam_logits, load_checkpoint
+from mrnet.model import exam_logits, load_checkpoint, require_checkpoint
 from mrnet.training.cnn import load_exam_set, tune_case_ids
 
 log = logging.getLogger(__name__)
@@ -58,9 +57,7 @@ def extract_all(params: Params, tasks: Sequence[str] = TASKS,
     """
     pairs = [(task, plane) for task in tasks for plane in planes]
     for task, plane in pairs:
-        path = Path(params.train_for(task).out) / f"{task}-{plane}.pt"
-        if not path.is_file():
-            raise UserError(f"{path}: model checkpoint not found; train it with `dvc repro`")
+        require_checkpoint(Path(params.train_for(task).out) / f"{task}-{plane}.pt")
     written = []
     for task, plane in pairs:
         with cpu_threads(params.train_for(task).eval_threads):
