@@ -11,6 +11,11 @@ evaluate``: the committed ``params.yaml`` with those two keys (and any ``--set``
 every stage up to the evaluation. The data stages do not read either key, so DVC runs them once. Each run's metrics,
 probability tables and checkpoints' learning curves are copied out before the next.
 
+With ``--workdir``, a run whose results are already there (from the same commit with the same
+overrides) is read back instead of rerun: an interrupted sweep resumes, and runs made in several
+work folders at once (say one per core, each with ``OMP_NUM_THREADS=1``) can be copied into one
+``results/`` folder and summarised together.
+
 It prints:
 - per run, the models that miss the learning bars of ``mrnet.evaluation.learning``: AUC on
   their own un-augmented train exams below 0.85, a train loss that never fell to 0.8x the
@@ -46,7 +51,7 @@ from mrnet import TASKS
 from mrnet.core.runtime import cpu_has_bf16
 from mrnet.core.stats import auc, binary_metrics
 from mrnet.core.tables import read_probs
-from mrnet.evaluation.learning import learning_table
+from mrnet.evaluation.learning import Learning, learning_table
 from mrnet.evaluation.metrics import operating_point
 
 
@@ -62,11 +67,15 @@ def sh(cmd: list[str], cwd: Path, log: Path) -> None:
                  + "\n".join(tail))
 
 
-def collect(repo: Path, out: Path) -> dict:
-    """Copy one run's metrics and ensemble tables to ``out``; return its figures."""
+def collect(repo: Path, out: Path, run: dict, seconds: float) -> dict:
+    """Copy one run's metrics and ensemble tables to ``out``; return its figures.
+
+    ``run`` (the commit and the overrides) and the run's wall time are stored with them, so that
+    :func:`earlier` can tell whether they answer the same question.
+    """
     out.mkdir(parents=True, exist_ok=True)
     multitask = repo / "models" / "multitask"  # absent with -S multitask.enabled=false
-    result: dict = {"tasks": {}, "learning": learning_table(
+    result: dict = {"run": run, "seconds": round(seconds), "tasks": {}, "learning": learning_table(
         repo / "data" / "probs", repo / "models",
         multitask if (multitask / "model.pt").exists() else None)}
     for task in TASKS:
@@ -82,6 +91,18 @@ def collect(repo: Path, out: Path) -> dict:
             "specificity": at_op["specificity"], "threshold": threshold,
             "case_ids": valid["case_id"].tolist(), "calls": (probs >= threshold).tolist()}
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def earlier(out: Path, run: dict) -> dict | None:
+    """The figures :func:`collect` stored in ``out`` for the same ``run``, else None."""
+    path = out / "result.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    if result.get("run") != run:
+        return None
+    result["learning"] = [Learning(*row) for row in result["learning"]]
     return result
 
 
@@ -124,14 +145,20 @@ def main() -> None:
         for seed in args.seeds:
             start = time.perf_counter()
             sets = [f"train.seed={seed}", f"train.precision={precision}", *args.set]
-            sh(["dvc", "exp", "run", "--quiet", *[a for kv in sets for a in ("-S", kv)],
-                "evaluate"], repo, log)
-            res = collect(repo, work / "results" / f"{precision}-seed{seed}")
+            out, run = work / "results" / f"{precision}-seed{seed}", {"commit": commit,
+                                                                       "sets": sets}
+            res = earlier(out, run)
+            took = "read back"
+            if res is None:
+                sh(["dvc", "exp", "run", "--quiet", *[a for kv in sets for a in ("-S", kv)],
+                    "evaluate"], repo, log)
+                res = collect(repo, out, run, time.perf_counter() - start)
+                took = "this run"
             results[(precision, seed)] = res
             missed = [f"{row.model} ({', '.join(row.misses())})" for row in res["learning"]
                       if row.misses()]
             aucs = ", ".join(f"{t} {res['tasks'][t]['auc']:.3f}" for t in TASKS)
-            print(f"{precision} seed {seed}: {aucs} ({time.perf_counter() - start:.0f} s); "
+            print(f"{precision} seed {seed}: {aucs} ({res['seconds']} s, {took}); "
                   f"models below the learning bars: {'; '.join(missed) or 'none'}", flush=True)
 
     print("\nensemble on valid, mean ± sd over seeds "
