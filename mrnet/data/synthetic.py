@@ -316,7 +316,7 @@ def draw_knee(rng: np.random.Generator, labels: dict[str, int]) -> Knee:
     men_tear = dict(amp=u(0.75, 1.0), side=-1.0 if u() < 0.7 else 1.0,
                     horn=-1.0 if u() < 0.75 else 1.0,
                     dx=u(-0.04, 0.04), dy=u(0.7, 0.85), dz=u(0.02, 0.05),
-                    r=tuple(u((0.12, 0.09, 0.045), (0.16, 0.12, 0.06))),
+                    r=tuple(u((0.12, 0.09, 0.06), (0.16, 0.12, 0.08))),
                     cyst_dx=u(-0.06, 0.06), cyst_r=tuple(u(0.08, 0.11, 3)))
     acl_tear = dict(amp=u(0.6, 1.0), t0=u(0.15, 0.4), t1=u(0.6, 0.85), r=u(0.065, 0.1))
     oed = dict(amp=u(0.6, 1.0), bruise=u() < P_OEDEMA_WITH_TEAR, femur=u() < 0.55,
@@ -345,8 +345,11 @@ def draw_knee(rng: np.random.Generator, labels: dict[str, int]) -> Knee:
 
     if labels["meniscus"]:
         # A bright horizontal cleft through a horn (posterior horn of the medial meniscus most
-        # often), painted over the bone edges so it stays a few pixels tall at 64 px, and the
-        # fluid it lets out: a parameniscal cyst at the horn's outer rim.
+        # often), painted over the bone edges, and the fluid it lets out: a parameniscal cyst at
+        # the horn's outer rim. The cleft is 4-5 px tall at 64 px: at 3 px (half-height 0.045-0.06)
+        # the meniscus ensemble's valid AUC was 0.93 +- 0.02 over seeds and 7% of its valid calls
+        # differed between a bf16 and an fp32 run of the same seed; at this height 0.98 +- 0.01
+        # and 2.5% (the meniscus CNNs alone, seeds 0-2).
         m = men_tear
         cx, cy = m["side"] * cond_x, -0.02 + m["horn"] * cond_r[1] * m["dy"]
         c = (cx + m["dx"], cy, z_tib + m["dz"])
